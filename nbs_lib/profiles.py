@@ -1,0 +1,153 @@
+"""Named run sizes (``smoke``, ``mini``, ``paper``), device choice and seeding.
+
+A profile fixes how big every experiment of the book is. A notebook picks one by
+name and may override single fields through its papermill parameters::
+
+    prof = get_profile("mini", epochs=3)
+
+``smoke`` exercises every code path in seconds (numbers meaningless), ``mini`` is the
+CPU-sized default that the published book is executed with, ``paper`` follows the
+paper's settings (ResNet-18, 224x224, 90 epochs, batch 128) on a user's GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one run. All fields can be overridden with :func:`get_profile`."""
+
+    name: str
+    image_size: int  # side of the square images every dataset is resized to
+    train_per_class: int  # training images per class (before the validation split)
+    test_per_class: int  # test images per class
+    val_fraction: float  # share of the training set held out to choose learning rates
+    epochs: int  # fine-tuning / training epochs of a target model
+    batch_size: int
+    attack_samples: int  # test images every attack is evaluated on
+    autoattack_samples: int  # AutoAttack is costly: it may use fewer images
+    lr_grid_f: tuple = (3e-4,)  # learning rates tried for the feature extractor f
+    lr_grid_g: tuple = (3e-3,)  # learning rates tried for the classifier g
+    lr_search_epochs: int = 1  # epochs of each short run of the learning-rate search
+    arch: str = "efficientnet_lite0"  # the pre-trained backbone of the chapters
+    datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
+    num_workers: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def replace(self, **overrides) -> "Profile":
+        """A copy with some fields changed; unknown field names are an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown profile field(s) {unknown}; the fields are {sorted(known)}."
+            )
+        return dataclasses.replace(self, **overrides)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        image_size=32,
+        train_per_class=12,
+        test_per_class=4,
+        val_fraction=0.25,
+        epochs=1,
+        batch_size=32,
+        attack_samples=16,
+        autoattack_samples=8,
+        lr_grid_f=(3e-4,),
+        lr_grid_g=(3e-3,),
+        lr_search_epochs=1,
+    ),
+    "mini": Profile(
+        name="mini",
+        image_size=64,
+        train_per_class=100,
+        test_per_class=30,
+        val_fraction=0.2,
+        epochs=6,
+        batch_size=64,
+        attack_samples=200,
+        autoattack_samples=100,
+        lr_grid_f=(3e-4, 1e-3),
+        lr_grid_g=(3e-3,),
+        lr_search_epochs=1,
+    ),
+    "paper": Profile(
+        name="paper",
+        image_size=224,
+        train_per_class=1000,
+        test_per_class=200,
+        val_fraction=0.1,
+        epochs=90,
+        batch_size=128,
+        attack_samples=10000,
+        autoattack_samples=1000,
+        lr_grid_f=(1e-4, 3e-4, 1e-3),
+        lr_grid_g=(3e-4, 1e-3, 3e-3),
+        lr_search_epochs=5,
+        arch="resnet18",
+        datasets=("pets", "nico", "flowers", "cars", "food", "cifar10", "alphabet"),
+        num_workers=8,
+    ),
+}
+
+
+def available_profiles() -> list[str]:
+    return list(PROFILES)
+
+
+def get_profile(name: str | Profile, **overrides) -> Profile:
+    """The profile called ``name`` with ``overrides`` applied (``None`` values ignored).
+
+    Raises ``ValueError`` naming the known profiles when ``name`` is unknown.
+    """
+    if isinstance(name, Profile):
+        base = name
+    else:
+        if name not in PROFILES:
+            raise ValueError(
+                f"Unknown profile {name!r}. Known profiles: {', '.join(PROFILES)}. "
+                "Pass one of them as the notebook parameter `profile`."
+            )
+        base = PROFILES[name]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return base.replace(**overrides) if overrides else base
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to torch."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'.") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but CUDA is not available; use device='auto'.")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a torch generator with that seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    return torch.Generator().manual_seed(seed)
