@@ -30,13 +30,14 @@ class Profile:
     train_per_class: int  # training images per class (before the validation split)
     test_per_class: int  # test images per class
     val_fraction: float  # share of the training set held out to choose learning rates
-    epochs: int  # fine-tuning / training epochs of a target model
+    epochs: int  # fine-tuning epochs of a target model (partial and full)
+    epochs_standard: int  # epochs of the standard model, trained from scratch: it needs more to plateau
     batch_size: int
     attack_samples: int  # test images every attack is evaluated on
     autoattack_samples: int  # AutoAttack is costly: it may use fewer images
     lr_grid_f: tuple = (3e-4,)  # learning rates tried for the feature extractor f
     lr_grid_g: tuple = (3e-3,)  # learning rates tried for the classifier g
-    lr_search_epochs: int = 1  # epochs of each short run of the learning-rate search
+    augment: str = "none"  # training augmentation: none, crop, crop_flip
     arch: str = "efficientnet_lite0"  # the pre-trained backbone of the chapters
     datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
     num_workers: int = 0
@@ -61,12 +62,12 @@ PROFILES: dict[str, Profile] = {
         test_per_class=4,
         val_fraction=0.25,
         epochs=1,
+        epochs_standard=1,
         batch_size=32,
         attack_samples=16,
         autoattack_samples=8,
         lr_grid_f=(3e-4,),
         lr_grid_g=(3e-3,),
-        lr_search_epochs=1,
     ),
     "mini": Profile(
         name="mini",
@@ -75,12 +76,12 @@ PROFILES: dict[str, Profile] = {
         test_per_class=30,
         val_fraction=0.2,
         epochs=6,
+        epochs_standard=12,
         batch_size=64,
         attack_samples=200,
         autoattack_samples=100,
         lr_grid_f=(3e-4, 1e-3),
         lr_grid_g=(3e-3,),
-        lr_search_epochs=1,
     ),
     "paper": Profile(
         name="paper",
@@ -89,12 +90,12 @@ PROFILES: dict[str, Profile] = {
         test_per_class=200,
         val_fraction=0.1,
         epochs=90,
+        epochs_standard=90,
         batch_size=128,
         attack_samples=10000,
         autoattack_samples=1000,
         lr_grid_f=(1e-4, 3e-4, 1e-3),
         lr_grid_g=(3e-4, 1e-3, 3e-3),
-        lr_search_epochs=5,
         arch="resnet18",
         datasets=("pets", "nico", "flowers", "cars", "food", "cifar10", "alphabet"),
         num_workers=8,

@@ -1,0 +1,55 @@
+# The book's two commands are `make test` and `make book` (see README.md).
+# Every target makes its own prerequisites from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+ONLY ?=
+PROFILE ?= mini
+BOOK_NOTEBOOKS := $(if $(ONLY),notebooks/$(ONLY).ipynb,$(NOTEBOOKS))
+
+.PHONY: venv data test unit smoke-notebooks fresh html offline-check book bench clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+data: $(VENV)/.installed
+	source $(BIN)/activate && bash scripts/fetch_offline_data.sh
+
+## make test: unit tests, smoke runs of every notebook, staleness check, book build, offline check
+test: venv data
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(MAKE) html
+	$(BIN)/python scripts/check_offline_html.py _build/html
+
+unit: venv data
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not notebooks" tests
+
+## make book: execute every notebook at the mini profile into book/, then build the HTML
+book: venv data
+	@for nb in $(BOOK_NOTEBOOKS); do \
+	  name=$$(basename $$nb .ipynb); \
+	  echo "== $$name (profile=$(PROFILE)) $$(date +%T)"; \
+	  start=$$(date +%s); \
+	  $(BIN)/papermill $$nb book/$$name.ipynb -p profile $(PROFILE) --progress-bar --log-output || exit 1; \
+	  echo "== $$name done in $$(( $$(date +%s) - start )) s"; \
+	done
+	$(MAKE) html
+
+html: venv
+	rm -rf _build/html
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	bash scripts/offline_assets.sh
+
+bench: venv data
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,149 @@
+"""Content-addressed cache of trained models and computed results.
+
+Every entry lives under ``<cache>/<kind>/<key>/`` where ``key`` is the SHA-256 of the
+entry's full config (architecture, weights, dataset, regime, hyper-parameters, seed,
+profile sizes, ...), so a changed config can never reuse a stale entry. The cache is
+outside the repository by default (``~/.cache/nbs_lib``); ``NBS_CACHE`` overrides it.
+
+* Writes are atomic: a temporary file in the same folder, then ``os.replace``.
+* Training saves a checkpoint after every epoch, so an interrupted run resumes from
+  its last finished epoch (:meth:`RunCache.save_checkpoint` / :meth:`load_checkpoint`).
+* Each entry stores its config beside it; an entry whose config does not match or
+  whose files do not load is reported, discarded and recomputed, never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+CACHE_ENV = "NBS_CACHE"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nbs_lib"
+
+
+def canonical_json(config: dict) -> str:
+    """The config as sorted, compact JSON (tuples become lists, other objects ``str``)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_key(config: dict) -> str:
+    """SHA-256 (first 20 hex digits) of the canonical JSON of ``config``."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:20]
+
+
+def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CorruptEntry(RuntimeError):
+    """A cache entry that exists but cannot be trusted."""
+
+
+class RunCache:
+    """Models and results keyed by the hash of their config."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    # -- layout -------------------------------------------------------------------
+    def entry_dir(self, kind: str, config: dict) -> Path:
+        return self.root / kind / config_key(config)
+
+    def _check_config(self, entry: Path, config: dict) -> None:
+        stored = entry / "config.json"
+        if not stored.is_file():
+            raise CorruptEntry(f"{entry} has no config.json")
+        if stored.read_text() != canonical_json(config):
+            raise CorruptEntry(f"{entry}/config.json does not match the requested config")
+
+    def _write_config(self, entry: Path, config: dict) -> None:
+        atomic_write_bytes(entry / "config.json", lambda f: f.write(canonical_json(config).encode()))
+
+    def discard(self, kind: str, config: dict, reason: str = "") -> None:
+        entry = self.entry_dir(kind, config)
+        if entry.exists():
+            warnings.warn(f"Discarding cache entry {entry}: {reason}. It will be recomputed.",
+                          stacklevel=3)
+            shutil.rmtree(entry, ignore_errors=True)
+
+    # -- results (JSON-serialisable values) ---------------------------------------
+    def memo(self, kind: str, config: dict, compute: Callable[[], Any]) -> Any:
+        """``compute()``'s JSON-serialisable value, computed once per config."""
+        entry = self.entry_dir(kind, config)
+        result = entry / "result.json"
+        if result.exists():
+            try:
+                self._check_config(entry, config)
+                return json.loads(result.read_text())
+            except (CorruptEntry, json.JSONDecodeError, UnicodeDecodeError) as err:
+                self.discard(kind, config, str(err))
+        value = compute()
+        self._write_config(entry, config)
+        atomic_write_bytes(result, lambda f: f.write(json.dumps(value, default=float).encode()))
+        return value
+
+    # -- models ---------------------------------------------------------------------
+    def load_model_state(self, kind: str, config: dict) -> dict | None:
+        """The finished model's stored payload, or ``None`` when there is none (or it was corrupt)."""
+        entry = self.entry_dir(kind, config)
+        final = entry / "model.pt"
+        if not final.exists():
+            return None
+        try:
+            self._check_config(entry, config)
+            return torch.load(final, map_location="cpu", weights_only=False)
+        except Exception as err:  # unreadable pickle, truncated file, mismatched config
+            self.discard(kind, config, f"{type(err).__name__}: {err}")
+            return None
+
+    def save_model_state(self, kind: str, config: dict, payload: dict) -> Path:
+        entry = self.entry_dir(kind, config)
+        self._write_config(entry, config)
+        atomic_write_bytes(entry / "model.pt", lambda f: torch.save(payload, f))
+        (entry / "checkpoint.pt").unlink(missing_ok=True)
+        return entry / "model.pt"
+
+    def save_checkpoint(self, kind: str, config: dict, payload: dict) -> None:
+        """The state after a finished epoch, so an interrupted run can resume."""
+        entry = self.entry_dir(kind, config)
+        self._write_config(entry, config)
+        atomic_write_bytes(entry / "checkpoint.pt", lambda f: torch.save(payload, f))
+
+    def load_checkpoint(self, kind: str, config: dict) -> dict | None:
+        entry = self.entry_dir(kind, config)
+        ckpt = entry / "checkpoint.pt"
+        if not ckpt.exists():
+            return None
+        try:
+            self._check_config(entry, config)
+            return torch.load(ckpt, map_location="cpu", weights_only=False)
+        except Exception as err:
+            warnings.warn(f"Ignoring unreadable checkpoint {ckpt} ({err}); training restarts.",
+                          stacklevel=2)
+            ckpt.unlink(missing_ok=True)
+            return None

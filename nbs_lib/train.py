@@ -1,0 +1,362 @@
+"""One ``fit`` for every training regime of the book.
+
+Regimes of the paper's section "ImageNet Pre-training Is Non-robust" (*Notations and
+Settings*):
+
+* ``standard``: the same architecture trained from scratch on the target; every
+  parameter uses ``lr_g``.
+* ``partial``: partial fine-tuning. f keeps its pre-trained weights *and* its BatchNorm
+  running statistics: f stays in eval mode throughout, so its BN layers normalise with
+  the source (ImageNet) statistics and are never updated; only g is trained. Without
+  augmentation the embeddings are computed once and g is trained on them (same result,
+  far faster).
+* ``full``: full fine-tuning. f and g are both trained, f with its own (usually
+  smaller) learning rate ``lr_f``, g with ``lr_g``; BatchNorm statistics adapt to the
+  target (momentum 0.1, see :func:`nbs_lib.models.load_model`).
+
+Optimiser Adam with a cosine schedule down to ``min_lr`` per step, as in the authors'
+released fine-tuning script. Learning rates are chosen on a validation split held out
+from the training set (:func:`train_model`), not on the test set as the paper did.
+
+On CUDA the loop uses bf16 autocast and channels_last; data that fits stays on the
+device. The same code path runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import LabeledImages, load_dataset, train_val_split
+from .models import SplitClassifier, load_model
+from .profiles import Profile, get_profile, resolve_device
+from .runs import RunCache
+
+REGIMES = ("standard", "partial", "full")
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+TRAIN_CODE_VERSION = 1  # bump when a change to the training code must invalidate the cache
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run."""
+
+    regime: str
+    epochs: int
+    batch_size: int
+    lr_f: float
+    lr_g: float
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    min_lr: float = 1e-6
+    augment: str = "none"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.regime not in REGIMES:
+            raise ValueError(f"Unknown regime {self.regime!r}; use one of {REGIMES}.")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"Unknown augmentation {self.augment!r}; use one of {AUGMENTATIONS}.")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError("optimizer must be 'adam' or 'sgd'")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+
+
+# ----------------------------------------------------------------------------------
+# batches and augmentation
+# ----------------------------------------------------------------------------------
+
+
+def iterate_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                    shuffle: bool = False, generator: torch.Generator | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches of tensors already on their device (no DataLoader, no copies)."""
+    n = len(labels)
+    order = torch.randperm(n, generator=generator).to(labels.device) if shuffle else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield images[start:start + batch_size], labels[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            yield images[idx], labels[idx]
+
+
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Random translation by up to 1/8 of the side (``crop``) and horizontal flips (``crop_flip``)."""
+    if kind == "none":
+        return x
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, [pad] * 4, mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if kind == "crop_flip":
+        flip = torch.rand(n, generator=generator) < 0.5
+        out[flip.to(out.device)] = out[flip.to(out.device)].flip(-1)
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------
+
+
+def _param_groups(model: SplitClassifier, config: TrainConfig) -> list[dict]:
+    if config.regime == "standard":
+        return [{"params": list(model.parameters()), "lr": config.lr_g}]
+    groups = [{"params": list(model.classifier.parameters()), "lr": config.lr_g}]
+    if config.regime == "full":
+        groups.insert(0, {"params": list(model.features.parameters()), "lr": config.lr_f})
+    return groups
+
+
+def make_optimizer(model: SplitClassifier, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, config)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, min_lr: float):
+    """Cosine annealing per step from each group's learning rate down to ``min_lr``."""
+    base = [g["lr"] for g in optimizer.param_groups]
+
+    def factor(group_index: int):
+        floor = min(min_lr / base[group_index], 1.0)
+        return lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(i) for i in range(len(base))])
+
+
+def _autocast(device: torch.device, amp: bool):
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, device="auto", batch_size: int = 256,
+                   amp: bool = True) -> torch.Tensor:
+    """Logits of ``model`` in eval mode for all images (returned on the CPU, float32)."""
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    outs = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device, non_blocking=True)
+        with _autocast(device, amp):
+            outs.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="auto",
+                      batch_size: int = 256) -> float:
+    """Clean accuracy in percent (eval mode)."""
+    if len(labels) == 0:
+        return float("nan")
+    logits = predict_logits(model, images, device, batch_size)
+    return 100.0 * (logits.argmax(1) == labels.cpu()).float().mean().item()
+
+
+@torch.no_grad()
+def _embed(features: nn.Module, images: torch.Tensor, device, batch_size: int, amp: bool) -> torch.Tensor:
+    features.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        with _autocast(device, amp):
+            chunks.append(features(images[start:start + batch_size]).float())
+    return torch.cat(chunks)
+
+
+def _prepare(model: SplitClassifier, config: TrainConfig, device: torch.device) -> SplitClassifier:
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if config.regime == "partial":
+        for p in model.features.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def _set_train_mode(model: SplitClassifier, regime: str) -> None:
+    model.train()
+    if regime == "partial":
+        model.features.eval()  # BatchNorm keeps the source statistics
+
+
+def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
+        val: LabeledImages | None = None, device="auto", amp: bool = True,
+        resume: dict | None = None, on_epoch_end: Callable[[dict], None] | None = None,
+        progress: bool = True, desc: str = "fit") -> list[dict]:
+    """Train ``model`` on ``train`` under ``config``; return the per-epoch history.
+
+    Each history row has ``epoch``, ``train_loss``, ``train_acc`` and (with ``val``)
+    ``val_acc``. ``resume`` is a payload given earlier to ``on_epoch_end`` (model,
+    optimizer and scheduler states, the history): training continues after its epoch
+    and ends with exactly the model an uninterrupted run gives.
+    """
+    device = resolve_device(device)
+    model = _prepare(model, config, device)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, steps_per_epoch * config.epochs, config.min_lr)
+    history: list[dict] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history = list(resume["history"])
+
+    images = train.images.to(device)
+    labels = train.labels.to(device)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    frozen_embeddings = config.regime == "partial" and config.augment == "none"
+    if frozen_embeddings:
+        images = _embed(model.features, images, device, 256, amp)
+    head = model.classifier if frozen_embeddings else model
+
+    epochs = range(len(history), config.epochs)
+    bar = tqdm(epochs, desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout; identical after a resume
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        _set_train_mode(model, config.regime)
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for x, y in iterate_batches(images, labels, config.batch_size, True, generator):
+            if not frozen_embeddings:
+                x = augment_batch(x, config.augment, generator)
+            with _autocast(device, amp):
+                logits = head(x)
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        row = {"epoch": epoch + 1, "train_loss": total_loss.item() / len(train),
+               "train_acc": 100.0 * correct.item() / len(train)}
+        if val is not None and len(val):
+            row["val_acc"] = evaluate_accuracy(model, val.images, val.labels, device)
+        history.append(row)
+        bar.set_postfix({k: round(v, 3) for k, v in row.items() if k != "epoch"})
+        if on_epoch_end is not None:
+            on_epoch_end({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "history": history})
+    model.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------------
+# cached training with the learning-rate search of the chapters
+# ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedModel:
+    """A trained target model with the facts a chapter reports about it."""
+
+    model: SplitClassifier
+    config: dict
+    history: list[dict]
+    val_acc: float
+    lr_search: list[dict] = field(default_factory=list)  # one row per learning-rate candidate
+
+
+def weights_id(weights: str | Path | None) -> str | None:
+    """What identifies pre-trained weights in a cache key (a file's content hash)."""
+    if weights is None or weights == "imagenet":
+        return weights
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    return f"file:{Path(weights).name}:{digest}"
+
+
+def _candidate_lrs(regime: str, profile: Profile, lr_f, lr_g) -> list[tuple[float, float]]:
+    grid_f = (lr_f,) if lr_f is not None else profile.lr_grid_f
+    grid_g = (lr_g,) if lr_g is not None else profile.lr_grid_g
+    if regime == "full":
+        return [(f, g) for f, g in itertools.product(grid_f, grid_g)]
+    return [(0.0, g) for g in grid_g]
+
+
+def _epochs_for(regime: str, profile: Profile) -> int:
+    return profile.epochs_standard if regime == "standard" else profile.epochs
+
+
+def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch: str | None = None,
+                weights: str | Path | None = "imagenet", seed: int = 0, device="auto",
+                lr_f: float | None = None, lr_g: float | None = None, epochs: int | None = None,
+                augment: str | None = None, cache: RunCache | None = None,
+                progress: bool = True) -> TrainedModel:
+    """Train (or load from the run cache) the paper's ``regime`` model of ``dataset``.
+
+    The standard model ignores ``weights`` (random initialisation). When ``lr_f``/``lr_g``
+    are not given, every candidate of the profile's grid is trained on the training
+    split minus a held-out validation split and the candidate with the best final
+    validation accuracy is returned (each candidate is cached on its own).
+    """
+    profile = get_profile(profile)
+    arch = arch or profile.arch
+    cache = cache or RunCache()
+    train_full = load_dataset(dataset, "train", profile, seed=seed)
+    train_set, val_set = train_val_split(train_full, profile.val_fraction, seed)
+    search = []
+    best: TrainedModel | None = None
+    for cand_f, cand_g in _candidate_lrs(regime, profile, lr_f, lr_g):
+        config = TrainConfig(regime=regime, epochs=epochs or _epochs_for(regime, profile),
+                             batch_size=profile.batch_size, lr_f=cand_f, lr_g=cand_g,
+                             augment=augment or profile.augment, seed=seed)
+        trained = _train_cached(dataset, arch, None if regime == "standard" else weights,
+                                len(train_full.classes), train_set, val_set, config, profile,
+                                device, cache, progress)
+        search.append({"lr_f": cand_f, "lr_g": cand_g, "val_acc": trained.val_acc})
+        if best is None or trained.val_acc > best.val_acc:
+            best = trained
+    best.lr_search = search
+    return best
+
+
+def model_config(dataset: str, arch: str, weights, num_classes: int, config: TrainConfig,
+                 profile: Profile, n_train: int, n_val: int) -> dict:
+    """Everything that determines a trained model: the run cache's key."""
+    return {
+        "kind": "target_model", "code_version": TRAIN_CODE_VERSION, "dataset": dataset,
+        "arch": arch, "weights": weights_id(weights), "num_classes": num_classes,
+        "train": dataclasses.asdict(config), "image_size": profile.image_size,
+        "train_per_class": profile.train_per_class, "val_fraction": profile.val_fraction,
+        "n_train": n_train, "n_val": n_val, "bn_momentum": 0.1,
+    }
+
+
+def _train_cached(dataset, arch, weights, num_classes, train_set, val_set, config: TrainConfig,
+                  profile: Profile, device, cache: RunCache, progress: bool) -> TrainedModel:
+    key = model_config(dataset, arch, weights, num_classes, config, profile, len(train_set), len(val_set))
+    model = load_model(arch, weights=weights, num_classes=num_classes, seed=config.seed)
+    stored = cache.load_model_state("models", key)
+    if stored is not None:
+        model.load_state_dict(stored["model"])
+        return TrainedModel(model.eval(), key, stored["history"], stored["val_acc"])
+    resume = cache.load_checkpoint("models", key)
+    desc = f"{dataset}/{config.regime} lr_f={config.lr_f:g} lr_g={config.lr_g:g}"
+    history = fit(model, train_set, config, val=val_set, device=device, resume=resume,
+                  on_epoch_end=lambda payload: cache.save_checkpoint("models", key, payload),
+                  progress=progress, desc=desc)
+    val_acc = history[-1].get("val_acc", float("nan"))
+    model.cpu()
+    cache.save_model_state("models", key, {"model": model.state_dict(), "history": history,
+                                           "val_acc": val_acc})
+    return TrainedModel(model.eval(), key, history, val_acc)
