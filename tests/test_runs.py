@@ -1,0 +1,68 @@
+import json
+
+import pytest
+import torch
+
+from nbs_lib.runs import RunCache, config_key, default_cache_dir
+
+
+def test_key_depends_on_every_field_and_not_on_order():
+    a = {"arch": "resnet18", "lr": 1e-3, "seed": 0}
+    assert config_key(a) == config_key(dict(reversed(list(a.items()))))
+    assert config_key(a) != config_key({**a, "seed": 1})
+    assert config_key(a) != config_key({**a, "lr": 1e-4})
+
+
+def test_cache_dir_env_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("NBS_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    assert RunCache().root == tmp_path / "c"
+
+
+def test_memo_computes_once_per_config(tmp_path):
+    cache = RunCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"acc": 0.5}
+
+    assert cache.memo("r", {"a": 1}, compute) == {"acc": 0.5}
+    assert cache.memo("r", {"a": 1}, compute) == {"acc": 0.5}
+    assert len(calls) == 1
+    cache.memo("r", {"a": 2}, compute)
+    assert len(calls) == 2
+
+
+def test_corrupted_result_is_discarded_and_recomputed(tmp_path):
+    cache = RunCache(tmp_path)
+    cache.memo("r", {"a": 1}, lambda: [1, 2])
+    (cache.entry_dir("r", {"a": 1}) / "result.json").write_text("{truncated")
+    with pytest.warns(UserWarning, match="Discarding cache entry"):
+        assert cache.memo("r", {"a": 1}, lambda: [3]) == [3]
+
+
+def test_mismatched_config_is_never_reused(tmp_path):
+    cache = RunCache(tmp_path)
+    cache.save_model_state("m", {"a": 1}, {"model": {"w": torch.ones(1)}})
+    entry = cache.entry_dir("m", {"a": 1})
+    (entry / "config.json").write_text(json.dumps({"a": 999}))
+    with pytest.warns(UserWarning, match="does not match"):
+        assert cache.load_model_state("m", {"a": 1}) is None
+    assert not entry.exists()
+
+
+def test_truncated_model_file_is_discarded(tmp_path):
+    cache = RunCache(tmp_path)
+    path = cache.save_model_state("m", {"a": 1}, {"model": {"w": torch.ones(100)}})
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.warns(UserWarning, match="Discarding"):
+        assert cache.load_model_state("m", {"a": 1}) is None
+
+
+def test_writes_are_atomic_no_temp_files_left(tmp_path):
+    cache = RunCache(tmp_path)
+    cache.save_checkpoint("m", {"a": 1}, {"x": 1})
+    cache.save_model_state("m", {"a": 1}, {"x": 2})
+    names = sorted(p.name for p in cache.entry_dir("m", {"a": 1}).iterdir())
+    assert names == ["config.json", "model.pt"]  # the checkpoint is gone once the model is final

@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from nbs_lib.data import load_dataset
+from nbs_lib.models import load_model
+from nbs_lib.runs import RunCache
+from nbs_lib.train import TrainConfig, augment_batch, fit, train_model
+
+
+class Blobs:
+    """Two well separated classes of 16x16 images: a bright and a dark square."""
+
+    def __init__(self, n=64, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 2
+        base = self.labels.float().view(-1, 1, 1, 1) * 0.6 + 0.2
+        self.images = (base + 0.05 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 1)
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def _small(regime, seed=0, epochs=2):
+    model = load_model("resnet18", weights=None, num_classes=2, seed=seed)
+    return model, TrainConfig(regime, epochs=epochs, batch_size=16, lr_f=1e-4, lr_g=1e-3, seed=seed)
+
+
+def test_standard_training_learns_and_leaves_eval_mode():
+    model, config = _small("standard", epochs=3)
+    data = Blobs()
+    history = fit(model, data, config, val=data, device="cpu", progress=False)
+    assert len(history) == 3 and history[-1]["val_acc"] == 100.0
+    assert not model.training
+
+
+def test_partial_fine_tuning_touches_only_g_and_keeps_bn_statistics():
+    model, config = _small("partial")
+    before_f = {k: v.clone() for k, v in model.features.state_dict().items()}
+    before_g = model.classifier[1].weight.clone()
+    fit(model, Blobs(), config, device="cpu", progress=False)
+    for k, v in model.features.state_dict().items():
+        assert torch.equal(v, before_f[k]), k  # weights and BN running stats unchanged
+    assert not torch.equal(before_g, model.classifier[1].weight)
+
+
+def test_full_fine_tuning_uses_two_learning_rates():
+    from nbs_lib.train import make_optimizer
+    model, config = _small("full")
+    opt = make_optimizer(model, config)
+    assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-3]
+    n_params = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_params == len(list(model.parameters()))
+
+
+def test_same_seed_same_model():
+    a, config = _small("full")
+    b, _ = _small("full")
+    fit(a, Blobs(), config, device="cpu", progress=False)
+    fit(b, Blobs(), config, device="cpu", progress=False)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_model():
+    data = Blobs()
+    reference, config = _small("full", epochs=2)
+    fit(reference, data, config, device="cpu", progress=False)
+
+    payloads = []
+    first, _ = _small("full", epochs=2)
+    one_epoch = TrainConfig(**{**config.__dict__, "epochs": 2})
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(payload):
+        payloads.append({k: (v.copy() if isinstance(v, (list, dict)) else v) for k, v in payload.items()})
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(first, data, one_epoch, device="cpu", progress=False, on_epoch_end=stop_after_first)
+    import copy
+    resumed, _ = _small("full", epochs=2)
+    fit(resumed, data, config, device="cpu", progress=False, resume=copy.deepcopy(payloads[0]))
+    for (k, va), vb in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(va.float(), vb.float(), atol=1e-6), k
+
+
+def test_augmentation_keeps_shape_and_range():
+    x = torch.rand(4, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    for kind in ("none", "crop", "crop_flip"):
+        y = augment_batch(x, kind, g)
+        assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="Unknown regime"):
+        TrainConfig("finetune", 1, 8, 1e-3, 1e-3)
+    with pytest.raises(ValueError, match="Unknown augmentation"):
+        TrainConfig("full", 1, 8, 1e-3, 1e-3, augment="mixup")
+
+
+def test_train_model_caches_and_resumes(tmp_path, monkeypatch):
+    cache = RunCache(tmp_path)
+    kwargs = dict(dataset="digits", regime="full", profile="smoke", arch="efficientnet_lite0",
+                  device="cpu", cache=cache, progress=False)
+    first = train_model(**kwargs)
+    assert len(first.history) == 1 and first.lr_search
+    # a second call loads instead of training
+    import nbs_lib.train as train_module
+    monkeypatch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("retrained a cached model"))
+    again = train_model(**kwargs)
+    for va, vb in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(va, vb)
+    # a different config does not reuse it
+    with pytest.raises(pytest.fail.Exception):
+        train_model(**{**kwargs, "seed": 1})
