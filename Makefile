@@ -24,10 +24,8 @@ data: $(VENV)/.installed
 	source $(BIN)/activate && bash scripts/fetch_offline_data.sh
 
 ## make test: unit tests, smoke runs of every notebook, staleness check, book build, offline check
-test: venv data
+test: venv data html
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
-	$(MAKE) html
-	$(BIN)/python scripts/check_offline_html.py _build/html
 
 unit: venv data
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not notebooks" tests
@@ -46,7 +44,7 @@ book: venv data
 html: venv
 	rm -rf _build/html
 	$(BIN)/jupyter-book build . -W -n --keep-going
-	bash scripts/offline_assets.sh
+	bash scripts/offline_assets.sh _build/html
 
 bench: venv data
 	$(BIN)/python benchmarks/run_all.py

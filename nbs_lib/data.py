@@ -669,3 +669,15 @@ def _load_torchvision(name, split, size, root, download, per_class, seed) -> Lab
     return LabeledImages(
         name, split, classes, torch.as_tensor(labels)[keep], fetch=fetch, ids=torch.as_tensor(keep)
     )
+
+
+def dataset_summary(datasets: dict) -> "pd.DataFrame":
+    """One row per dataset: classes, images, resolution and the range of the pixel values."""
+    import pandas as pd
+
+    rows = []
+    for name, ds in datasets.items():
+        rows.append({"dataset": name, "split": ds.split, "classes": len(ds.classes),
+                     "images": len(ds), "resolution": "x".join(map(str, ds.images.shape[-2:])),
+                     "min": round(float(ds.images.min()), 3), "max": round(float(ds.images.max()), 3)})
+    return pd.DataFrame(rows)

@@ -381,3 +381,17 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = momentum
+
+
+def backbone_table(archs=None) -> "pd.DataFrame":
+    """Parameter count, size in MB, embedding size and the offline weights of each backbone."""
+    import pandas as pd
+
+    rows = []
+    for arch in archs or available_architectures():
+        model = load_model(arch, weights=None, num_classes=1000)
+        info = model_info(model)
+        rows.append({"backbone": arch, "parameters (M)": round(info.parameters / 1e6, 2),
+                     "size (MB)": round(info.size_mb, 1), "embedding": model.embedding_dim,
+                     "ImageNet weights offline": arch in _LITE_SCALING})
+    return pd.DataFrame(rows)

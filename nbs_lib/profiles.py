@@ -35,8 +35,11 @@ class Profile:
     batch_size: int
     attack_samples: int  # test images every attack is evaluated on
     autoattack_samples: int  # AutoAttack is costly: it may use fewer images
+    autoattack_steps: int  # APGD/APGD-T/FAB iterations (100 in standard AutoAttack)
+    autoattack_queries: int  # Square's query budget (5000 in standard AutoAttack)
     lr_grid_f: tuple = (3e-4,)  # learning rates tried for the feature extractor f
     lr_grid_g: tuple = (3e-3,)  # learning rates tried for the classifier g
+    lr_grid_standard: tuple = (1e-3,)  # learning rates tried for the standard model (all of it)
     augment: str = "none"  # training augmentation: none, crop, crop_flip
     arch: str = "efficientnet_lite0"  # the pre-trained backbone of the chapters
     datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
@@ -66,6 +69,8 @@ PROFILES: dict[str, Profile] = {
         batch_size=32,
         attack_samples=16,
         autoattack_samples=8,
+        autoattack_steps=2,
+        autoattack_queries=10,
         lr_grid_f=(3e-4,),
         lr_grid_g=(3e-3,),
     ),
@@ -75,13 +80,16 @@ PROFILES: dict[str, Profile] = {
         train_per_class=100,
         test_per_class=30,
         val_fraction=0.2,
-        epochs=6,
-        epochs_standard=12,
+        epochs=5,
+        epochs_standard=10,
         batch_size=64,
-        attack_samples=200,
-        autoattack_samples=100,
-        lr_grid_f=(3e-4, 1e-3),
-        lr_grid_g=(3e-3,),
+        attack_samples=100,
+        autoattack_samples=52,
+        autoattack_steps=10,
+        autoattack_queries=500,
+        lr_grid_f=(1e-4, 5e-4),
+        lr_grid_g=(1e-3, 3e-3),
+        lr_grid_standard=(2e-3,),
     ),
     "paper": Profile(
         name="paper",
@@ -94,8 +102,11 @@ PROFILES: dict[str, Profile] = {
         batch_size=128,
         attack_samples=10000,
         autoattack_samples=1000,
+        autoattack_steps=100,
+        autoattack_queries=5000,
         lr_grid_f=(1e-4, 3e-4, 1e-3),
         lr_grid_g=(3e-4, 1e-3, 3e-3),
+        lr_grid_standard=(3e-4, 1e-3, 3e-3),
         arch="resnet18",
         datasets=("pets", "nico", "flowers", "cars", "food", "cifar10", "alphabet"),
         num_workers=8,

@@ -288,6 +288,8 @@ def weights_id(weights: str | Path | None) -> str | None:
 def _candidate_lrs(regime: str, profile: Profile, lr_f, lr_g) -> list[tuple[float, float]]:
     grid_f = (lr_f,) if lr_f is not None else profile.lr_grid_f
     grid_g = (lr_g,) if lr_g is not None else profile.lr_grid_g
+    if regime == "standard":
+        return [(0.0, g) for g in ((lr_g,) if lr_g is not None else profile.lr_grid_standard)]
     if regime == "full":
         return [(f, g) for f, g in itertools.product(grid_f, grid_g)]
     return [(0.0, g) for g in grid_g]

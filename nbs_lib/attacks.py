@@ -1,0 +1,528 @@
+"""Adversarial attacks in pixel space: FGSM, PGD (L-inf and L2) and AutoAttack.
+
+This module implements the threat model of Zhang et al. (AAI 2023), section
+"ImageNet Pre-training Is Non-robust": an adversarial example ``x' = x + delta`` with
+``||delta||_inf <= eps`` maximises the classification loss of the true label. Table 1
+evaluates with PGD-10 at eps = 0.5/255 (Kurakin-style, no random start, step size
+``1.25 * eps / steps``); Table 2 adds PGD-10#2.0, FGSM#0.5, FGSM#2.0 and AA#0.5
+(AutoAttack, Croce and Hein 2020).
+
+Conventions (see ``DESIGN.md``):
+
+* every model takes images in [0, 1] and returns logits; normalisation is the
+  model's first layer, so all attacks work on raw pixels;
+* the paper's notation ``PGD-10#0.5`` means PGD with 10 steps at L-inf
+  ``eps = 0.5/255`` on the [0, 1] scale. :func:`parse_attack` reads it, see
+  :class:`AttackSpec` for the full grammar (including L2 specs);
+* attacks only ever take gradients with respect to the input: parameters get no
+  ``.grad``, the model is evaluated in eval mode and every module's training flag
+  and every parameter's ``requires_grad`` flag are restored afterwards.
+
+Example::
+
+    x_adv = attack(model, x, y, "PGD-10#0.5")
+    for x, x_adv, y in adversarial_batches(model, (images, labels), "FGSM#2.0"):
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nbs_lib.profiles import resolve_device
+
+__all__ = [
+    "AttackSpec",
+    "parse_attack",
+    "fgsm",
+    "pgd",
+    "autoattack",
+    "attack",
+    "adversarial_batches",
+    "attack_mode",
+    "ACCEPTED_FORMS",
+]
+
+#: The forms :func:`parse_attack` accepts (shown in its error messages).
+ACCEPTED_FORMS = (
+    "'FGSM#<eps>', 'PGD-<steps>#<eps>', 'AA#<eps>' or 'AA-<steps>#<eps>' for L-inf "
+    "(eps in units of 1/255, e.g. 'PGD-10#0.5' is eps = 0.5/255), and the same with "
+    "'-L2' before '#' for L2 (eps as an L2 radius on the [0, 1] scale, e.g. "
+    "'PGD-20-L2#0.5')"
+)
+
+#: Iterations of APGD/FAB in standard AutoAttack (Croce and Hein 2020).
+AA_STANDARD_STEPS = 100
+
+_SPEC_RE = re.compile(
+    r"^\s*(?P<name>FGSM|PGD|AA)(?:-(?P<steps>[+-]?\d+))?(?:-(?P<norm>Linf|L2|Linfty|Inf))?"
+    r"\s*#\s*(?P<eps>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*$",
+    re.IGNORECASE,
+)
+_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "aa": "AA"}
+_NORMS = {"linf": "Linf", "linfty": "Linf", "inf": "Linf", "l2": "L2"}
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack in the paper's notation (Table 2's "criterion" column).
+
+    Attributes
+    ----------
+    name:
+        ``"FGSM"``, ``"PGD"`` or ``"AA"`` (AutoAttack).
+    steps:
+        Iterations: ``1`` for FGSM, ``k`` for PGD-k, the APGD/FAB iterations for
+        AutoAttack (``100`` in standard AutoAttack, the default of ``"AA#eps"``).
+    eps_255:
+        The number after ``#``. For L-inf it is the radius in units of 1/255
+        (``0.5`` means ``0.5/255`` on the [0, 1] scale, the paper's notation). For L2
+        specs it is taken as written: the L2 radius on the [0, 1] pixel scale
+        (``"PGD-20-L2#0.5"`` is an L2 ball of radius 0.5, the usual CIFAR-scale L2
+        budget), because L2 budgets are conventionally quoted on that scale.
+    norm:
+        ``"Linf"`` (the paper's threat model) or ``"L2"``.
+    """
+
+    name: str
+    steps: int
+    eps_255: float
+    norm: str = "Linf"
+
+    def __post_init__(self):
+        if self.name not in ("FGSM", "PGD", "AA"):
+            raise ValueError(f"Unknown attack {self.name!r}; accepted forms: {ACCEPTED_FORMS}.")
+        if self.norm not in ("Linf", "L2"):
+            raise ValueError(f"Unknown norm {self.norm!r}; use 'Linf' or 'L2'.")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"An attack needs at least one step, got steps={self.steps!r}.")
+        if self.name == "FGSM" and self.steps != 1:
+            raise ValueError("FGSM is a single step; write 'PGD-<steps>#<eps>' for more steps.")
+        eps = float(self.eps_255)
+        if not math.isfinite(eps) or not 0.0 <= eps <= 255.0:
+            unit = "1/255" if self.norm == "Linf" else "the [0, 1] scale"
+            raise ValueError(
+                f"eps {self.eps_255!r} (in units of {unit}) is outside [0, 255], i.e. outside "
+                "[0, 1] on the pixel scale. The number after '#' is in units of 1/255: "
+                "'PGD-10#0.5' means eps = 0.5/255."
+            )
+        object.__setattr__(self, "eps_255", eps)
+
+    @property
+    def eps(self) -> float:
+        """The radius on the [0, 1] pixel scale (``eps_255 / 255`` for L-inf)."""
+        return self.eps_255 / 255.0 if self.norm == "Linf" else self.eps_255
+
+    @property
+    def step_size(self) -> float:
+        """Step size on the [0, 1] scale: ``eps`` for FGSM, ``1.25 * eps / steps`` for PGD.
+
+        The PGD rule is the paper's ("step size = 1.25 * (eps / step)"). AutoAttack
+        adapts its own step size; the PGD rule is returned for information.
+        """
+        if self.name == "FGSM":
+            return self.eps
+        return 1.25 * self.eps / self.steps
+
+    def __str__(self) -> str:
+        eps = f"{self.eps_255:g}"
+        if "." not in eps and "e" not in eps:
+            eps += ".0"  # the paper writes '#2.0', not '#2'
+        norm = "-L2" if self.norm == "L2" else ""
+        if self.name == "FGSM":
+            head = "FGSM"
+        elif self.name == "AA" and self.steps == AA_STANDARD_STEPS:
+            head = "AA"
+        else:
+            head = f"{self.name}-{self.steps}"
+        return f"{head}{norm}#{eps}"
+
+
+def parse_attack(spec: str | AttackSpec) -> AttackSpec:
+    """Parse the paper's attack notation into an :class:`AttackSpec`.
+
+    Accepted: ``FGSM#<eps>``, ``PGD-<steps>#<eps>``, ``AA#<eps>`` (standard AutoAttack,
+    100 iterations) and ``AA-<steps>#<eps>``, each optionally with ``-L2`` (or
+    ``-Linf``) before ``#``. Examples: ``"PGD-10#0.5"``, ``"FGSM#2.0"``, ``"AA#0.5"``,
+    ``"PGD-20-L2#0.5"``. Case-insensitive.
+
+    Raises ``ValueError`` naming the accepted forms for anything else, for an eps
+    outside [0, 255] (outside [0, 1] on the pixel scale) and for fewer than one step.
+    """
+    if isinstance(spec, AttackSpec):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"An attack spec is a string such as 'PGD-10#0.5', got {type(spec).__name__}.")
+    m = _SPEC_RE.match(spec)
+    if m is None:
+        raise ValueError(f"Cannot parse attack spec {spec!r}. Accepted forms: {ACCEPTED_FORMS}.")
+    name = _NAMES[m["name"].lower()]
+    norm = _NORMS[(m["norm"] or "Linf").lower()]
+    if m["steps"] is None:
+        if name == "PGD":
+            raise ValueError(
+                f"PGD needs a number of steps in {spec!r}, e.g. 'PGD-10#0.5'. "
+                f"Accepted forms: {ACCEPTED_FORMS}."
+            )
+        steps = 1 if name == "FGSM" else AA_STANDARD_STEPS
+    else:
+        if name == "FGSM":
+            raise ValueError(
+                f"FGSM takes no step count ({spec!r}); write 'FGSM#<eps>' or 'PGD-<steps>#<eps>'."
+            )
+        steps = int(m["steps"])
+        if steps < 1:
+            raise ValueError(f"{spec!r}: the number of steps must be at least 1, got {steps}.")
+    return AttackSpec(name=name, steps=steps, eps_255=float(m["eps"]), norm=norm)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module):
+    """Evaluate ``model`` in eval mode with frozen parameters; restore both afterwards.
+
+    Every module's ``training`` flag and every parameter's ``requires_grad`` flag are
+    recorded and put back exactly (so a model with a frozen, eval-mode backbone inside
+    a training-mode classifier comes back as it was). Freezing the parameters means
+    backward passes compute gradients for the input only and leave no ``.grad`` on
+    the weights. Nested use is fine.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _check_eps(eps: float, norm: str) -> float:
+    if norm not in ("Linf", "L2"):
+        raise ValueError(f"Unknown norm {norm!r}; use 'Linf' or 'L2'.")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0 or (norm == "Linf" and eps > 1):
+        raise ValueError(
+            f"eps={eps!r} is outside [0, 1] on the pixel scale. Attack functions take eps "
+            "on the [0, 1] scale: pass 0.5/255 for the paper's '#0.5', or use "
+            "attack(model, x, y, 'PGD-10#0.5')."
+        )
+    return eps
+
+
+def _autocast(device: torch.device, amp: bool, dtype: torch.dtype):
+    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _per_sample_l2(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm of every sample, shaped to broadcast against ``t``."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _input_grad(model, x_adv, y, cast) -> torch.Tensor:
+    """Gradient of the summed cross-entropy w.r.t. ``x_adv`` (a leaf requiring grad).
+
+    ``reduction='sum'`` keeps each sample's gradient independent of the batch size; the
+    loss is computed in float32 even under autocast, so the input gradient is float32.
+    """
+    with torch.enable_grad():  # also works when the caller is inside torch.no_grad()
+        with cast:
+            logits = model(x_adv)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+    return grad
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str = "Linf",
+    amp: bool = False,
+    amp_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Fast Gradient Sign Method (Goodfellow et al. 2015): one step of size ``eps``.
+
+    Table 2's ``FGSM#0.5`` and ``FGSM#2.0`` rows: ``x' = clip(x + eps * sign(grad), 0, 1)``.
+    With ``norm="L2"`` the step follows the L2-normalised gradient (the fast gradient
+    method). ``eps`` is on the [0, 1] scale (``0.5/255`` for the paper's ``#0.5``).
+    See :func:`pgd` for ``amp``.
+    """
+    eps = _check_eps(eps, norm)
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    with attack_mode(model):
+        x_adv = x.clone().requires_grad_(True)
+        grad = _input_grad(model, x_adv, y, _autocast(x.device, amp, amp_dtype))
+        with torch.no_grad():
+            if norm == "Linf":
+                step = grad.sign_().mul_(eps)
+            else:
+                step = grad.div_(_per_sample_l2(grad).add_(1e-12)).mul_(eps)
+            return (x + step).clamp_(0.0, 1.0)
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float | None = None,
+    norm: str = "Linf",
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+    amp: bool = False,
+    amp_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Projected gradient descent on the cross-entropy (the paper's PGD-k, Tables 1-2).
+
+    Kurakin-style iterative attack as used by the paper: start at ``x`` (no random
+    start unless ``random_start=True``), take ``steps`` signed gradient steps of size
+    ``step_size`` (default ``1.25 * eps / steps``, the paper's rule) and after each
+    step project onto the eps-ball around ``x`` intersected with [0, 1]. Returns the
+    last iterate.
+
+    ``norm="L2"`` steps along the L2-normalised gradient and projects onto the L2
+    ball of radius ``eps`` (then onto [0, 1], which can only shrink the perturbation).
+
+    The loop has no host synchronisation: bounds are precomputed, one buffer is
+    updated in place, the loss is summed over the batch (per-sample gradients do not
+    depend on the batch size). With ``amp=True`` on CUDA the forward/backward runs
+    under bf16 autocast while the input, loss and its gradient stay float32. Beware:
+    bf16 keeps 8 significant bits, so perturbations of 0.5/255 are close to its
+    resolution after normalisation; compare against ``amp=False`` before trusting
+    bf16 numbers at the paper's smallest eps. Works with channels_last inputs.
+    """
+    eps = _check_eps(eps, norm)
+    steps = int(steps)
+    if steps < 1:
+        raise ValueError(f"PGD needs at least one step, got steps={steps}.")
+    alpha = 1.25 * eps / steps if step_size is None else float(step_size)
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    cast = _autocast(x.device, amp, amp_dtype)
+
+    with attack_mode(model):
+        with torch.no_grad():
+            x_adv = x.clone()
+            if random_start:
+                gen_device = generator.device if generator is not None else x.device
+                noise = torch.rand(x.shape, generator=generator, device=gen_device, dtype=x.dtype)
+                noise = noise.to(x.device).mul_(2).sub_(1)  # U(-1, 1)
+                if norm == "Linf":
+                    x_adv.add_(noise.mul_(eps))
+                else:
+                    radius = torch.rand(
+                        (x.shape[0],) + (1,) * (x.dim() - 1),
+                        generator=generator, device=gen_device, dtype=x.dtype,
+                    ).to(x.device)
+                    x_adv.add_(noise.div_(_per_sample_l2(noise).add_(1e-12)).mul_(radius * eps))
+                x_adv.clamp_(0.0, 1.0)
+            if norm == "Linf":
+                # Projection onto {|x' - x| <= eps} and [0, 1] is one clamp to these bounds.
+                lo = (x - eps).clamp_(min=0.0)
+                hi = (x + eps).clamp_(max=1.0)
+                x_adv.clamp_(lo, hi)
+        x_adv.requires_grad_(True)
+
+        for _ in range(steps):
+            grad = _input_grad(model, x_adv, y, cast)
+            with torch.no_grad():
+                if norm == "Linf":
+                    x_adv.add_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
+                else:
+                    x_adv.add_(grad.div_(_per_sample_l2(grad).add_(1e-12)), alpha=alpha)
+                    delta = x_adv.sub_(x)  # x_adv now holds the perturbation
+                    delta.mul_(torch.clamp(eps / (_per_sample_l2(delta) + 1e-12), max=1.0))
+                    delta.add_(x).clamp_(0.0, 1.0)  # back to an image
+    return x_adv.detach()
+
+
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[-1])
+
+
+def autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str = "Linf",
+    version: str = "standard",
+    seed: int = 0,
+    steps: int = AA_STANDARD_STEPS,
+    n_queries: int = 5000,
+    verbose: bool = False,
+) -> torch.Tensor:
+    """AutoAttack (Croce and Hein 2020), the paper's ``AA#0.5`` row of Table 2.
+
+    Runs ``torchattacks.AutoAttack`` (``version="standard"``: APGD-CE, APGD-T, FAB-T,
+    Square), with two settings aligned to the reference AutoAttack:
+
+    * torchattacks builds APGD/APGD-T/FAB with 10 iterations; standard AutoAttack uses
+      100. ``steps`` (default 100) sets them; ``"AA-10#0.5"`` gives the cheap variant.
+    * torchattacks attacks ``n_classes - 1`` target classes; standard AutoAttack uses
+      the 9 most likely wrong classes. We pass ``n_classes = min(classes, 10)``
+      (classes read from the model's output), which gives exactly that.
+
+    Models with fewer than 4 classes cannot use the DLR losses (they need the 3rd and
+    4th largest logits): APGD-T is then skipped with a warning.
+    ``n_queries`` is Square's query budget (5000 in the standard version). The
+    global torch RNG is left untouched (torchattacks reseeds it with ``seed``).
+    """
+    import torchattacks  # imported lazily: only AutoAttack needs it
+
+    eps = _check_eps(eps, norm)
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()] \
+        if x.device.type == "cuda" else []
+    with attack_mode(model), torch.random.fork_rng(devices=devices):
+        n_classes = min(_num_classes(model, x), 10)
+        aa = torchattacks.AutoAttack(
+            model, norm=norm, eps=eps, version=version, n_classes=n_classes, seed=seed,
+            verbose=verbose,
+        )
+        aa.set_device(x.device)
+        if n_classes < 4:
+            # The DLR losses (APGD-T, APGD-DLR) divide by the gap to the 3rd/4th logit and
+            # need at least 4 classes; run the remaining attacks of the ensemble.
+            keep = [a for a in aa._autoattack.attacks
+                    if not isinstance(a, torchattacks.APGDT) and getattr(a, "loss", "ce") != "dlr"]
+            warnings.warn(
+                f"AutoAttack: the model has {n_classes} classes; the DLR-loss attacks need at "
+                f"least 4 and are skipped ({', '.join(type(a).__name__ for a in keep)} remain).",
+                stacklevel=2,
+            )
+            if len(keep) == 1:
+                keep = keep * 2  # MultiAttack wants two; the repeat is a no-op on broken points
+            aa._autoattack.attacks = keep
+        for sub in aa._autoattack.attacks:
+            if hasattr(sub, "steps"):
+                sub.steps = int(steps)
+            if hasattr(sub, "n_queries"):
+                sub.n_queries = int(n_queries)
+        x_adv = aa(x, y.to(x.device))
+    return x_adv.detach().clamp_(0.0, 1.0)
+
+
+def _keywords(fn) -> set[str]:
+    return set(list(inspect.signature(fn).parameters)[3:])  # after model, x, y
+
+
+def attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spec: str | AttackSpec,
+    **kwargs,
+) -> torch.Tensor:
+    """Run the attack named by ``spec`` (e.g. ``"PGD-10#0.5"``) on one batch.
+
+    Dispatches to :func:`fgsm`, :func:`pgd` or :func:`autoattack`. Extra keyword
+    arguments (``amp``, ``random_start``, ``generator``, ``seed``, ``n_queries``, ...)
+    go to that function; options that only another attack takes are ignored, so one
+    set of options can serve a list of mixed specs. Unknown names raise ``TypeError``.
+    """
+    s = parse_attack(spec)
+    fn = {"FGSM": fgsm, "PGD": pgd, "AA": autoattack}[s.name]
+    fixed = {"eps", "norm", "steps", "step_size"}
+    known = (_keywords(fgsm) | _keywords(pgd) | _keywords(autoattack)) - fixed
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"Unknown attack option(s) {unknown}; known: {sorted(known)}.")
+    opts = {k: v for k, v in kwargs.items() if k in _keywords(fn) - fixed}
+    if s.name == "FGSM":
+        return fgsm(model, x, y, s.eps, norm=s.norm, **opts)
+    if s.name == "PGD":
+        return pgd(model, x, y, s.eps, s.steps, step_size=s.step_size, norm=s.norm, **opts)
+    return autoattack(model, x, y, s.eps, norm=s.norm, steps=s.steps, **opts)
+
+
+def iter_batches(
+    data, batch_size: int = 128
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``(x, y)`` from a pair of tensors ``(images, labels)`` or an iterable of batches."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
+        isinstance(t, torch.Tensor) for t in data
+    ):
+        images, labels = data
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+        for i in range(0, len(images), batch_size):
+            yield images[i : i + batch_size], labels[i : i + batch_size]
+    else:
+        for batch in data:
+            yield batch[0], batch[1]
+
+
+def _n_batches(data, batch_size: int) -> int | None:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return math.ceil(len(data[0]) / batch_size)
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def adversarial_batches(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor] | Iterable,
+    spec: str | AttackSpec,
+    device: str | torch.device = "auto",
+    batch_size: int = 128,
+    channels_last: bool = False,
+    progress: bool = True,
+    **kwargs,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Attack a whole dataset batch by batch; yield ``(x, x_adv, y)`` on ``device``.
+
+    ``data`` is ``(images, labels)`` tensors (split into ``batch_size`` batches) or a
+    ``DataLoader``/iterable of ``(x, y)`` batches. The model is moved to ``device``
+    (``"auto"``: CUDA, then MPS, then CPU). ``channels_last=True`` converts 4-D inputs
+    (useful on CUDA with a channels_last model). Extra keyword arguments go to
+    :func:`attack`. Shows a tqdm progress bar over batches.
+    """
+    from tqdm.auto import tqdm
+
+    s = parse_attack(spec)
+    dev = resolve_device(device)
+    model.to(dev)
+    bar = tqdm(
+        iter_batches(data, batch_size), total=_n_batches(data, batch_size),
+        desc=str(s), leave=False, disable=not progress,
+    )
+    for x, y in bar:
+        x = x.to(dev, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(dev, non_blocking=True)
+        yield x, attack(model, x, y, s, **kwargs), y

@@ -1,0 +1,51 @@
+"""Checks that the executed book matches its source notebooks.
+
+An executed notebook in ``book/`` must come from the current source notebook in
+``notebooks/``: the same code cells in the same order, apart from the cell that
+papermill injects with the run's parameters. Otherwise the book would publish
+outputs of code that no longer exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+REQUIRED_PARAMETERS = ("profile", "device", "seed")
+
+
+def code_cells(path: str | Path) -> list[str]:
+    """Sources of the code cells, without papermill's injected-parameters cell."""
+    nb = nbformat.read(path, as_version=4)
+    return [c.source.strip() for c in nb.cells if c.cell_type == "code"
+            and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def stale_reason(source: str | Path, executed: str | Path) -> str | None:
+    """Why ``executed`` does not come from ``source`` (``None`` when it does)."""
+    executed = Path(executed)
+    if not executed.exists():
+        return f"{executed} is missing: run `make book ONLY={Path(source).stem}`"
+    src, out = code_cells(source), code_cells(executed)
+    if src == out:
+        return None
+    for i, (a, b) in enumerate(zip(src, out)):
+        if a != b:
+            return (f"{executed} is stale: code cell {i + 1} differs from {source}; "
+                    f"re-run `make book ONLY={Path(source).stem}`")
+    return f"{executed} is stale: {len(out)} code cells, the source has {len(src)}"
+
+
+def parameters_cell(path: str | Path) -> str:
+    """The source of the one cell tagged ``parameters`` (error if not exactly one)."""
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if len(tagged) != 1:
+        raise ValueError(f"{path} has {len(tagged)} cells tagged 'parameters'; it needs exactly one")
+    return tagged[0].source
+
+
+def has_outputs(path: str | Path) -> bool:
+    nb = nbformat.read(path, as_version=4)
+    return any(c.get("outputs") for c in nb.cells if c.cell_type == "code")

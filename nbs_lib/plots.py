@@ -1,0 +1,123 @@
+"""Figures of the book, in the papers' style (matplotlib + seaborn)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+MODEL_ORDER = ["standard", "partial", "full"]
+MODEL_LABELS = {"standard": "standard", "partial": "partial fine-tune", "full": "full fine-tune"}
+MODEL_COLORS = {"standard": "#4c72b0", "partial": "#dd8452", "full": "#c44e52"}
+
+
+def to_numpy_image(x: torch.Tensor) -> np.ndarray:
+    """[3, H, W] tensor in [0, 1] -> [H, W, 3] float array for imshow."""
+    return x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def example_grid(datasets: dict, per_row: int = 10, rows_per_dataset: int = 1, size: float = 1.0):
+    """One row of examples per dataset (first images of distinct classes)."""
+    n_rows = len(datasets) * rows_per_dataset
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(per_row * size, n_rows * size * 1.15),
+                             squeeze=False)
+    for d, (name, ds) in enumerate(datasets.items()):
+        picks = _one_per_class(ds.labels, per_row * rows_per_dataset)
+        for k in range(per_row * rows_per_dataset):
+            ax = axes[d * rows_per_dataset + k // per_row, k % per_row]
+            ax.axis("off")
+            if k < len(picks):
+                i = picks[k]
+                ax.imshow(to_numpy_image(ds.images[i]), interpolation="nearest")
+                ax.set_title(ds.classes[int(ds.labels[i])], fontsize=7)
+        axes[d * rows_per_dataset, 0].text(-0.15, 0.5, name, transform=axes[d * rows_per_dataset, 0].transAxes,
+                                           ha="right", va="center", fontsize=10, rotation=90)
+    fig.tight_layout()
+    return fig
+
+
+def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:
+    """Indices cycling through the classes: first image of class 0, of class 1, ..."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels.tolist()):
+        by_class.setdefault(y, []).append(i)
+    picks, depth = [], 0
+    while len(picks) < count and any(depth < len(v) for v in by_class.values()):
+        for y in sorted(by_class):
+            if depth < len(by_class[y]) and len(picks) < count:
+                picks.append(by_class[y][depth])
+        depth += 1
+    return picks
+
+
+def image_strip(images: torch.Tensor, titles: list[str] | None = None, size: float = 1.2):
+    """A single row of images."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(n * size, size * 1.2), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        ax.imshow(to_numpy_image(images[k]), interpolation="nearest")
+        ax.axis("off")
+        if titles:
+            ax.set_title(titles[k], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig, dpi: int = 80) -> bytes:
+    """The figure as PNG bytes (for image widgets); closes the figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def training_curves(histories: pd.DataFrame):
+    """Validation accuracy per epoch, one panel per dataset, one line per model.
+
+    ``histories`` has columns dataset, model, epoch, val_acc (and train_acc).
+    """
+    grid = sns.relplot(data=histories, x="epoch", y="val_acc", hue="model", col="dataset",
+                       kind="line", marker="o", height=2.6, aspect=1.0,
+                       hue_order=[m for m in MODEL_ORDER if m in set(histories["model"])],
+                       palette=MODEL_COLORS, facet_kws={"sharey": False, "sharex": False})
+    grid.set_axis_labels("epoch", "validation accuracy (%)")
+    return grid.figure
+
+
+def accuracy_vs_epsilon(curves: pd.DataFrame):
+    """Accuracy against epsilon (in 1/255) per dataset, one line per model."""
+    grid = sns.relplot(data=curves, x="eps", y="accuracy", hue="model", col="dataset", kind="line",
+                       marker="o", height=2.6, aspect=1.0,
+                       hue_order=[m for m in MODEL_ORDER if m in set(curves["model"])],
+                       palette=MODEL_COLORS)
+    grid.set_axis_labels("epsilon (x 1/255, L-inf)", "accuracy under PGD-10 (%)")
+    for ax in grid.axes.flat:
+        ax.set_ylim(-3, 103)
+    return grid.figure
+
+
+def adversarial_panel(example: dict, classes: list[str], title: str = ""):
+    """Image, adversarial image, perturbation (amplified) and both predictions."""
+    fig, axes = plt.subplots(1, 3, figsize=(6.3, 2.4))
+    pert = example["perturbation"]
+    scale = float(pert.abs().max())
+    shown = pert / (2 * scale) + 0.5 if scale > 0 else pert + 0.5
+    panels = [
+        (example["image"], f"clean: {classes[example['clean_pred']]} ({example['clean_conf']:.0%})"),
+        (example["adversarial"], f"adversarial: {classes[example['adv_pred']]} ({example['adv_conf']:.0%})"),
+        (shown, f"perturbation (x{0.5 / scale:.0f})" if scale > 0 else "no perturbation"),
+    ]
+    for ax, (img, text) in zip(axes, panels):
+        ax.imshow(to_numpy_image(img), interpolation="nearest")
+        ax.set_title(text, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,58 @@
+"""Every source notebook runs end to end at the smoke profile, and the book is fresh."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from nbs_lib.notebooks import REQUIRED_PARAMETERS, code_cells, has_outputs, parameters_cell, stale_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert [p.stem for p in SOURCES][:2] == ["00_data_and_models", "01_robustness"]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_source_notebook_is_clean_and_parameterised(source):
+    assert not has_outputs(source), f"{source} has outputs; notebooks/ holds sources only"
+    params = parameters_cell(source)
+    for name in REQUIRED_PARAMETERS:
+        assert re.search(rf"^{name}\s*=", params, re.M), f"{source} lacks the parameter {name}"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_executed_book_comes_from_current_source(source):
+    reason = stale_reason(source, ROOT / "book" / source.name)
+    assert reason is None, reason
+
+
+def test_staleness_check_catches_an_edit(tmp_path):
+    source = SOURCES[0]
+    nb = nbformat.read(source, as_version=4)
+    first_code = next(c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+    first_code.source += "\nprint('edited')"
+    edited = tmp_path / source.name
+    nbformat.write(nb, edited)
+    assert stale_reason(edited, ROOT / "book" / source.name) is not None
+    assert stale_reason(source, tmp_path / "missing.ipynb") is not None
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_notebook_runs_at_smoke_profile(source, tmp_path, monkeypatch):
+    monkeypatch.setenv("NBS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / source.name
+    papermill.execute_notebook(str(source), str(out), cwd=str(ROOT), progress_bar=False,
+                               parameters={"profile": "smoke", "results_dir": str(tmp_path / "results")})
+    assert code_cells(out) == code_cells(source)
+    csvs = list((tmp_path / "results").glob("*.csv"))
+    assert csvs, "the notebook wrote no results CSV"
+    for csv in csvs:
+        assert "smoke" in csv.read_text()
