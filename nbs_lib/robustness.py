@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .attacks import attack, parse_attack
 from .data import balanced_indices, load_dataset
@@ -82,7 +83,7 @@ def evaluate_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.T
 
         def compute(run_spec=run_spec, options=options):
             result = evaluate_robustness(trained.model, images, labels, [run_spec], device=device,
-                                         progress=progress, **options)[0]
+                                         progress=False, **options)[0]
             return asdict(result)
 
         row = cache.memo("robustness", config, compute)
@@ -106,7 +107,7 @@ def robustness_study(datasets, profile: str | Profile = "mini", attacks=None, ar
     rows, models = [], {}
     for dataset in datasets:
         trained = train_three(dataset, profile, arch, weights, seed, device, cache, progress=progress)
-        for regime, tm in trained.items():
+        for regime, tm in tqdm(trained.items(), desc=f"{dataset}: attacks", disable=not progress):
             models[(dataset, regime)] = tm
             for group in _attack_groups(attacks, profile):
                 n, specs = group
@@ -158,7 +159,7 @@ def epsilon_curves(models: dict, profile: str | Profile, eps_list, seed: int = 0
     profile = get_profile(profile)
     cache = cache or RunCache()
     rows = []
-    for (dataset, regime), tm in models.items():
+    for (dataset, regime), tm in tqdm(models.items(), desc=f"{attack_name} curves", disable=not progress):
         images, labels, _ = attack_sample(dataset, profile, seed, n)
         sample_id = {"dataset": dataset, "split": "test", "n": len(labels), "seed": seed,
                      "image_size": profile.image_size, "test_per_class": profile.test_per_class}
@@ -190,6 +191,7 @@ def adversarial_example(model: torch.nn.Module, image: torch.Tensor, label: int,
 def compare_with_paper(table: pd.DataFrame, paper: pd.DataFrame, value: str) -> pd.DataFrame:
     """Our mean over our datasets beside the paper's mean over its datasets, per model (and attack)."""
     keys = ["attack", "model"]
+    table = table[table["attack"].isin(set(paper["attack"])) & table["model"].isin(set(paper["model"]))]
     ours = table.groupby(keys)[value].mean().rename(f"{value} (this book, mean)")
     theirs = paper.groupby(keys)[value].mean().rename(f"{value} (paper, mean)")
     return pd.concat([theirs, ours], axis=1).round(2).dropna(how="all")

@@ -229,7 +229,7 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
     head = model.classifier if frozen_embeddings else model
 
     epochs = range(len(history), config.epochs)
-    bar = tqdm(epochs, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(epochs, desc=desc, disable=not progress, leave=True)
     for epoch in bar:
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout; identical after a resume
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
