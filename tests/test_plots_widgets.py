@@ -1,0 +1,49 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import ipywidgets as W
+import pandas as pd
+import torch
+
+from nbs_lib.data import load_dataset
+from nbs_lib.models import load_model
+from nbs_lib.plots import accuracy_vs_epsilon, example_grid, training_curves
+from nbs_lib.widgets import adversarial_explorer, dataset_browser, linked_selector
+
+
+def test_linked_selector_links_control_and_stack():
+    box = linked_selector({"a": W.Label("A"), "b": W.Label("B")}, "pick")
+    control, stack = box.children
+    assert isinstance(stack, W.Stack) and len(stack.children) == 2
+    control.index = 1
+    assert control.index == 1  # the jslink does the rest in the browser
+
+
+def test_dataset_browser_has_one_panel_per_class():
+    ds = load_dataset("digits", "test", "smoke")
+    box = dataset_browser({"digits": ds}, per_class=2)
+    dataset_stack = box.children[1]
+    class_stack = dataset_stack.children[0].children[1]
+    assert len(class_stack.children) == 10
+    assert all(isinstance(c, W.Image) and len(c.value) > 100 for c in class_stack.children)
+
+
+def test_adversarial_explorer_panels():
+    ds = load_dataset("digits", "test", "smoke")
+    model = load_model("resnet18", num_classes=10)
+    box = adversarial_explorer({("digits", "standard"): model},
+                               {"digits": (ds.images, ds.labels, ds.classes)}, [0, 2], device="cpu")
+    eps_stack = box.children[1].children[0].children[1].children[0].children[1]
+    assert len(eps_stack.children) == 2
+
+
+def test_figures_draw():
+    ds = load_dataset("digits", "test", "smoke")
+    assert len(example_grid({"digits": ds}, per_row=5).axes) == 5
+    hist = pd.DataFrame({"dataset": ["d"] * 4, "model": ["standard", "standard", "full", "full"],
+                         "epoch": [1, 2, 1, 2], "val_acc": [10, 20, 30, 40.0]})
+    assert training_curves(hist) is not None
+    curves = pd.DataFrame({"dataset": ["d"] * 4, "model": ["standard"] * 2 + ["full"] * 2,
+                           "eps": [0, 1, 0, 1], "accuracy": [90, 50, 95, 5.0]})
+    assert accuracy_vs_epsilon(curves) is not None
