@@ -119,6 +119,19 @@ class LabeledImages(Dataset):
             return self.images[i], int(self.labels[i])
         return self._fetch(int(self._ids[i])), int(self.labels[i])
 
+    def fingerprint(self) -> str:
+        """SHA-256 (16 hex digits) of the content: pixels and labels for in-memory sets,
+        else the name, split, classes and item ids. Part of every run-cache key, so a
+        change in how a dataset is made never reuses a model trained on the old data."""
+        digest = hashlib.sha256()
+        digest.update(repr((self.name, self.split, list(self.classes))).encode())
+        digest.update(self.labels.numpy().tobytes())
+        if self.images is not None:
+            digest.update(self.images.contiguous().numpy().tobytes())
+        else:
+            digest.update(np.asarray(self._ids).tobytes())
+        return digest.hexdigest()[:16]
+
     def subset(self, indices) -> "LabeledImages":
         """The items at ``indices`` (in that order), with the same classes."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))

@@ -10,6 +10,7 @@ treatment"). Trained models and attack results are both kept in the run cache.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 
 import pandas as pd
@@ -29,12 +30,21 @@ EVAL_CODE_VERSION = 1
 
 
 def attack_sample(dataset: str, profile: Profile, seed: int, n: int | None = None):
-    """The test images every attack of a chapter is evaluated on (balanced over classes)."""
+    """The test images every attack of a chapter is evaluated on (balanced over classes).
+
+    Returns ``(images, labels, classes)``; see :func:`sample_id` for its cache identity.
+    """
     test = load_dataset(dataset, "test", profile, seed=seed)
     n = min(n or profile.attack_samples, len(test))
     per_class = max(1, n // len(test.classes))  # equal per class: n is rounded down
     idx = torch.as_tensor(balanced_indices(test.labels.numpy(), per_class, seed, "test"))
     return test.images[idx], test.labels[idx], test.classes
+
+
+def sample_id(dataset: str, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """What identifies an attack sample in a cache key: its name, size and content hash."""
+    digest = hashlib.sha256(images.contiguous().numpy().tobytes() + labels.numpy().tobytes())
+    return {"dataset": dataset, "n": len(labels), "content": digest.hexdigest()[:16]}
 
 
 def train_three(dataset: str, profile: str | Profile, arch: str | None = None,
@@ -64,7 +74,7 @@ def autoattack_budget(spec: str, profile: Profile) -> tuple[str, dict, str]:
 
 
 def evaluate_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
-                    attacks: list[str], sample_id: dict, device="auto",
+                    attacks: list[str], sample: dict, device="auto",
                     cache: RunCache | None = None, progress: bool = True,
                     profile: Profile | None = None) -> list[dict]:
     """AOI/AAI/DR of one trained model under each attack, each result cached on its own.
@@ -79,7 +89,7 @@ def evaluate_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.T
         spec = str(parse_attack(spec))
         run_spec, options, budget = autoattack_budget(spec, profile)
         config = {"kind": "robustness", "code_version": EVAL_CODE_VERSION, "model": trained.config,
-                  "attack": run_spec, "options": options, "sample": sample_id, "n": len(labels)}
+                  "attack": run_spec, "options": options, "sample": sample, "n": len(labels)}
 
         def compute(run_spec=run_spec, options=options):
             result = evaluate_robustness(trained.model, images, labels, [run_spec], device=device,
@@ -112,9 +122,8 @@ def robustness_study(datasets, profile: str | Profile = "mini", attacks=None, ar
             for group in _attack_groups(attacks, profile):
                 n, specs = group
                 images, labels, _ = attack_sample(dataset, profile, seed, n)
-                sample_id = {"dataset": dataset, "split": "test", "n": n, "seed": seed,
-                             "image_size": profile.image_size, "test_per_class": profile.test_per_class}
-                for row in evaluate_cached(tm, images, labels, specs, sample_id, device, cache,
+                sample = sample_id(dataset, images, labels)
+                for row in evaluate_cached(tm, images, labels, specs, sample, device, cache,
                                            progress, profile):
                     rows.append({"dataset": dataset, "model": regime, **row})
     table = pd.DataFrame(rows, columns=["dataset", "model", "attack", "aoi", "aai", "dr", "n", "budget"])
@@ -161,10 +170,9 @@ def epsilon_curves(models: dict, profile: str | Profile, eps_list, seed: int = 0
     rows = []
     for (dataset, regime), tm in tqdm(models.items(), desc=f"{attack_name} curves", disable=not progress):
         images, labels, _ = attack_sample(dataset, profile, seed, n)
-        sample_id = {"dataset": dataset, "split": "test", "n": len(labels), "seed": seed,
-                     "image_size": profile.image_size, "test_per_class": profile.test_per_class}
         specs = [f"{attack_name}#{float(e)}" for e in eps_list if e > 0]
-        results = evaluate_cached(tm, images, labels, specs, sample_id, device, cache, progress, profile)
+        results = evaluate_cached(tm, images, labels, specs, sample_id(dataset, images, labels), device,
+                                  cache, progress, profile)
         if results:
             rows.append({"dataset": dataset, "model": regime, "eps": 0.0, "accuracy": results[0]["aoi"]})
         for e, r in zip([e for e in eps_list if e > 0], results):

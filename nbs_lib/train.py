@@ -333,20 +333,25 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
 
 
 def model_config(dataset: str, arch: str, weights, num_classes: int, config: TrainConfig,
-                 profile: Profile, n_train: int, n_val: int) -> dict:
-    """Everything that determines a trained model: the run cache's key."""
+                 profile: Profile, train_set: LabeledImages, val_set: LabeledImages) -> dict:
+    """Everything that determines a trained model: the run cache's key.
+
+    The data enter by their content fingerprints, so a change in how a dataset is
+    generated or split retrains rather than reusing a model of the old data.
+    """
     return {
         "kind": "target_model", "code_version": TRAIN_CODE_VERSION, "dataset": dataset,
         "arch": arch, "weights": weights_id(weights), "num_classes": num_classes,
         "train": dataclasses.asdict(config), "image_size": profile.image_size,
         "train_per_class": profile.train_per_class, "val_fraction": profile.val_fraction,
-        "n_train": n_train, "n_val": n_val, "bn_momentum": 0.1,
+        "train_data": train_set.fingerprint(), "val_data": val_set.fingerprint(),
+        "bn_momentum": 0.1,
     }
 
 
 def _train_cached(dataset, arch, weights, num_classes, train_set, val_set, config: TrainConfig,
                   profile: Profile, device, cache: RunCache, progress: bool) -> TrainedModel:
-    key = model_config(dataset, arch, weights, num_classes, config, profile, len(train_set), len(val_set))
+    key = model_config(dataset, arch, weights, num_classes, config, profile, train_set, val_set)
     model = load_model(arch, weights=weights, num_classes=num_classes, seed=config.seed)
     stored = cache.load_model_state("models", key)
     if stored is not None:

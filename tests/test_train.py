@@ -116,3 +116,18 @@ def test_train_model_caches_and_resumes(tmp_path, monkeypatch):
     # a different config does not reuse it
     with pytest.raises(pytest.fail.Exception):
         train_model(**{**kwargs, "seed": 1})
+
+
+def test_cache_key_follows_the_data_content():
+    from nbs_lib.data import train_val_split
+    from nbs_lib.profiles import get_profile
+    from nbs_lib.train import model_config
+
+    prof = get_profile("smoke")
+    train, val = train_val_split(load_dataset("digits", "train", prof), 0.25, 0)
+    config = TrainConfig("full", 1, 8, 1e-4, 1e-3)
+    key = model_config("digits", "resnet18", "imagenet", 10, config, prof, train, val)
+    altered = train.subset(range(len(train)))
+    altered.images[0, 0, 0, 0] = 1 - altered.images[0, 0, 0, 0]
+    assert model_config("digits", "resnet18", "imagenet", 10, config, prof, altered, val) != key
+    assert model_config("digits", "resnet18", "imagenet", 10, config, prof, train, val) == key
