@@ -37,8 +37,9 @@ def attack_sample(dataset: str, profile: Profile, seed: int, n: int | None = Non
     test = load_dataset(dataset, "test", profile, seed=seed)
     n = min(n or profile.attack_samples, len(test))
     per_class = max(1, n // len(test.classes))  # equal per class: n is rounded down
-    idx = torch.as_tensor(balanced_indices(test.labels.numpy(), per_class, seed, "test"))
-    return test.images[idx], test.labels[idx], test.classes
+    sub = test.subset(balanced_indices(test.labels.numpy(), per_class, seed, "test"))
+    images = sub.images if sub.images is not None else torch.stack([sub[i][0] for i in range(len(sub))])
+    return images, sub.labels, test.classes
 
 
 def sample_id(dataset: str, images: torch.Tensor, labels: torch.Tensor) -> dict:

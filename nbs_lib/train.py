@@ -161,22 +161,70 @@ def predict_logits(model: nn.Module, images: torch.Tensor, device="auto", batch_
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="auto",
-                      batch_size: int = 256) -> float:
-    """Clean accuracy in percent (eval mode)."""
-    if len(labels) == 0:
-        return float("nan")
-    logits = predict_logits(model, images, device, batch_size)
-    return 100.0 * (logits.argmax(1) == labels.cpu()).float().mean().item()
+def _loader(ds, batch_size: int, shuffle: bool, generator, num_workers: int, device):
+    """A DataLoader visiting ``ds`` in the same order as :func:`iterate_batches`."""
+    from torch.utils.data import DataLoader
+
+    order = torch.randperm(len(ds), generator=generator).tolist() if shuffle else None
+    return DataLoader(ds, batch_size=batch_size, sampler=order, num_workers=num_workers,
+                      pin_memory=device.type == "cuda")
+
+
+def input_batches(data, labels: torch.Tensor | None, batch_size: int, device, shuffle: bool = False,
+                  generator: torch.Generator | None = None, num_workers: int = 0):
+    """Batches ``(x, y)`` on ``device`` from a tensor already there, or from a lazy dataset.
+
+    In-memory datasets stay resident on the device (no DataLoader, no copies); datasets
+    too large for memory (``images is None``, the paper-scale sets) go through a
+    DataLoader with ``num_workers`` worker processes.
+    """
+    if isinstance(data, torch.Tensor):
+        yield from iterate_batches(data, labels, batch_size, shuffle, generator)
+        return
+    for x, y in _loader(data, batch_size, shuffle, generator, num_workers, device):
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y.to(device, non_blocking=True)
+
+
+def device_data(ds: LabeledImages, device: torch.device):
+    """The images on the device when the dataset is held in memory, else the dataset itself."""
+    if ds.images is None:
+        return ds
+    images = ds.images.to(device)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
 
 
 @torch.no_grad()
-def _embed(features: nn.Module, images: torch.Tensor, device, batch_size: int, amp: bool) -> torch.Tensor:
+def dataset_accuracy(model: nn.Module, ds: LabeledImages, device="auto", batch_size: int = 256,
+                     num_workers: int = 0, amp: bool = True) -> float:
+    """Clean accuracy in percent of ``model`` (eval mode) on an in-memory or lazy dataset."""
+    if len(ds) == 0:
+        return float("nan")
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=device)
+    data = device_data(ds, device)
+    for x, y in input_batches(data, ds.labels.to(device), batch_size, device, num_workers=num_workers):
+        with _autocast(device, amp):
+            correct += (model(x).argmax(1) == y).sum()
+    model.train(was_training)
+    return 100.0 * correct.item() / len(ds)
+
+
+@torch.no_grad()
+def _embed(features: nn.Module, data, labels, device, batch_size: int, amp: bool,
+           num_workers: int) -> torch.Tensor:
+    """f(x) for every training image, in dataset order (partial fine-tuning without augmentation)."""
     features.eval()
     chunks = []
-    for start in range(0, len(images), batch_size):
+    for x, _ in input_batches(data, labels, batch_size, device, num_workers=num_workers):
         with _autocast(device, amp):
-            chunks.append(features(images[start:start + batch_size]).float())
+            chunks.append(features(x).float())
     return torch.cat(chunks)
 
 
@@ -199,7 +247,7 @@ def _set_train_mode(model: SplitClassifier, regime: str) -> None:
 def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         val: LabeledImages | None = None, device="auto", amp: bool = True,
         resume: dict | None = None, on_epoch_end: Callable[[dict], None] | None = None,
-        progress: bool = True, desc: str = "fit") -> list[dict]:
+        progress: bool = True, desc: str = "fit", num_workers: int = 0) -> list[dict]:
     """Train ``model`` on ``train`` under ``config``; return the per-epoch history.
 
     Each history row has ``epoch``, ``train_loss``, ``train_acc`` and (with ``val``)
@@ -219,13 +267,11 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         scheduler.load_state_dict(resume["scheduler"])
         history = list(resume["history"])
 
-    images = train.images.to(device)
+    data = device_data(train, device)
     labels = train.labels.to(device)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
     frozen_embeddings = config.regime == "partial" and config.augment == "none"
     if frozen_embeddings:
-        images = _embed(model.features, images, device, 256, amp)
+        data = _embed(model.features, data, labels, device, 256, amp, num_workers)
     head = model.classifier if frozen_embeddings else model
 
     epochs = range(len(history), config.epochs)
@@ -236,7 +282,7 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         _set_train_mode(model, config.regime)
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        for x, y in iterate_batches(images, labels, config.batch_size, True, generator):
+        for x, y in input_batches(data, labels, config.batch_size, device, True, generator, num_workers):
             if not frozen_embeddings:
                 x = augment_batch(x, config.augment, generator)
             with _autocast(device, amp):
@@ -251,7 +297,7 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         row = {"epoch": epoch + 1, "train_loss": total_loss.item() / len(train),
                "train_acc": 100.0 * correct.item() / len(train)}
         if val is not None and len(val):
-            row["val_acc"] = evaluate_accuracy(model, val.images, val.labels, device)
+            row["val_acc"] = dataset_accuracy(model, val, device, num_workers=num_workers)
         history.append(row)
         bar.set_postfix({k: round(v, 3) for k, v in row.items() if k != "epoch"})
         if on_epoch_end is not None:
@@ -361,7 +407,7 @@ def _train_cached(dataset, arch, weights, num_classes, train_set, val_set, confi
     desc = f"{dataset}/{config.regime} lr_f={config.lr_f:g} lr_g={config.lr_g:g}"
     history = fit(model, train_set, config, val=val_set, device=device, resume=resume,
                   on_epoch_end=lambda payload: cache.save_checkpoint("models", key, payload),
-                  progress=progress, desc=desc)
+                  progress=progress, desc=desc, num_workers=profile.num_workers)
     val_acc = history[-1].get("val_acc", float("nan"))
     model.cpu()
     cache.save_model_state("models", key, {"model": model.state_dict(), "history": history,

@@ -131,3 +131,32 @@ def test_cache_key_follows_the_data_content():
     altered.images[0, 0, 0, 0] = 1 - altered.images[0, 0, 0, 0]
     assert model_config("digits", "resnet18", "imagenet", 10, config, prof, altered, val) != key
     assert model_config("digits", "resnet18", "imagenet", 10, config, prof, train, val) == key
+
+
+def _as_lazy(blobs):
+    from nbs_lib.data import LabeledImages
+
+    return LabeledImages("blobs", "train", ["dark", "bright"], blobs.labels,
+                         fetch=lambda i: blobs.images[i])
+
+
+def _as_memory(blobs):
+    from nbs_lib.data import LabeledImages
+
+    return LabeledImages("blobs", "train", ["dark", "bright"], blobs.labels, images=blobs.images)
+
+
+@pytest.mark.parametrize("regime", ["partial", "full"])
+def test_lazy_datasets_train_like_in_memory_ones(regime):
+    """Paper-scale sets are decoded lazily through a DataLoader: same batches, same model."""
+    from nbs_lib.train import dataset_accuracy
+
+    blobs = Blobs()
+    a, config = _small(regime)
+    b, _ = _small(regime)
+    fit(a, _as_memory(blobs), config, val=_as_memory(blobs), device="cpu", progress=False)
+    history = fit(b, _as_lazy(blobs), config, val=_as_lazy(blobs), device="cpu", progress=False)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(va.float(), vb.float(), atol=1e-5), k
+    assert dataset_accuracy(b, _as_lazy(blobs), "cpu") == dataset_accuracy(b, _as_memory(blobs), "cpu")
+    assert history[-1]["val_acc"] == dataset_accuracy(b, _as_lazy(blobs), "cpu")
