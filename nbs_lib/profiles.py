@@ -87,7 +87,7 @@ PROFILES: dict[str, Profile] = {
         autoattack_samples=52,
         autoattack_steps=10,
         autoattack_queries=500,
-        lr_grid_f=(1e-4, 5e-4),
+        lr_grid_f=(5e-4,),
         lr_grid_g=(1e-3, 3e-3),
         lr_grid_standard=(2e-3,),
     ),

@@ -252,3 +252,34 @@ def observations(table: pd.DataFrame, attack: str = TABLE1_ATTACK) -> pd.DataFra
                 bool(std_aoi >= 90 and full_aoi - std_aoi < 2 and full_dr - std_dr > 20),
         })
     return pd.DataFrame(rows).set_index("dataset")
+
+
+def attack_sanity(models: dict, table: pd.DataFrame, profile: str | Profile, seed: int = 0, device="auto",
+                  cache: RunCache | None = None, progress: bool = True) -> pd.DataFrame:
+    """The field's checks that the attacks are strong enough, per model.
+
+    * PGD-10 is at least as strong as FGSM at the same epsilon (same images);
+    * PGD-10 at 2/255 is at least as strong as at 0.5/255;
+    * AutoAttack is at least as strong as PGD-10 at 0.5/255 on the AutoAttack images
+      (PGD is re-run on that smaller sample so both see the same images).
+    A ``False`` points at a weak attack or gradient masking.
+    """
+    profile = get_profile(profile)
+    cache = cache or RunCache()
+    aai = table.set_index(["dataset", "model", "attack"])["aai"]
+    rows = []
+    for (dataset, regime), tm in tqdm(models.items(), desc="attack checks", disable=not progress):
+        get = lambda a: aai.get((dataset, regime, a), float("nan"))  # noqa: E731
+        row = {"dataset": dataset, "model": regime,
+               "PGD <= FGSM at 0.5": get("PGD-10#0.5") <= get("FGSM#0.5"),
+               "PGD <= FGSM at 2.0": get("PGD-10#2.0") <= get("FGSM#2.0"),
+               "PGD at 2.0 <= PGD at 0.5": get("PGD-10#2.0") <= get("PGD-10#0.5")}
+        if (dataset, regime, "AA#0.5") in aai.index:
+            images, labels, _ = attack_sample(dataset, profile, seed, profile.autoattack_samples)
+            pgd_small = evaluate_cached(tm, images, labels, ["PGD-10#0.5"], sample_id(dataset, images, labels),
+                                        device, cache, False, profile)[0]["aai"]
+            row["AA <= PGD at 0.5 (AA images)"] = get("AA#0.5") <= pgd_small
+            row["PGD-10#0.5 on AA images"] = pgd_small
+            row["AA#0.5"] = get("AA#0.5")
+        rows.append(row)
+    return pd.DataFrame(rows)

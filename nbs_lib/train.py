@@ -341,6 +341,17 @@ def _candidate_lrs(regime: str, profile: Profile, lr_f, lr_g) -> list[tuple[floa
     return [(0.0, g) for g in grid_g]
 
 
+# Datasets whose classes change under a horizontal flip (letters, digits): never flipped.
+NO_FLIP_DATASETS = ("alphabet", "mnist", "fashion_mnist", "digits")
+
+
+def augmentation_for(dataset: str, requested: str) -> str:
+    """The profile's augmentation, without flips for glyph datasets (a flipped 'J' is no 'J')."""
+    if requested == "crop_flip" and dataset in NO_FLIP_DATASETS:
+        return "crop"
+    return requested
+
+
 def _epochs_for(regime: str, profile: Profile) -> int:
     return profile.epochs_standard if regime == "standard" else profile.epochs
 
@@ -367,7 +378,7 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
     for cand_f, cand_g in _candidate_lrs(regime, profile, lr_f, lr_g):
         config = TrainConfig(regime=regime, epochs=epochs or _epochs_for(regime, profile),
                              batch_size=profile.batch_size, lr_f=cand_f, lr_g=cand_g,
-                             augment=augment or profile.augment, seed=seed)
+                             augment=augmentation_for(dataset, augment or profile.augment), seed=seed)
         trained = _train_cached(dataset, arch, None if regime == "standard" else weights,
                                 len(train_full.classes), train_set, val_set, config, profile,
                                 device, cache, progress)

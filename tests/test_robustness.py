@@ -62,3 +62,14 @@ def test_compare_with_paper_only_compares_common_attacks():
     ours = pd.concat([ours, ours.assign(attack="FGSM#9.0")])
     frame = compare_with_paper(ours, paper.table1(), "aai")
     assert set(frame.index.get_level_values("attack")) == {"PGD-10#0.5"}
+
+
+def test_attack_sanity_flags(tmp_path):
+    from nbs_lib.robustness import attack_sanity
+
+    cache = RunCache(tmp_path)
+    table, models = robustness_study(["digits"], "smoke", device="cpu", cache=cache, progress=False)
+    checks = attack_sanity(models, table, "smoke", device="cpu", cache=cache, progress=False)
+    assert len(checks) == 3
+    assert checks["PGD at 2.0 <= PGD at 0.5"].all()
+    assert "AA <= PGD at 0.5 (AA images)" in checks.columns

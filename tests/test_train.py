@@ -160,3 +160,11 @@ def test_lazy_datasets_train_like_in_memory_ones(regime):
         assert torch.allclose(va.float(), vb.float(), atol=1e-5), k
     assert dataset_accuracy(b, _as_lazy(blobs), "cpu") == dataset_accuracy(b, _as_memory(blobs), "cpu")
     assert history[-1]["val_acc"] == dataset_accuracy(b, _as_lazy(blobs), "cpu")
+
+
+def test_glyph_datasets_are_never_flipped():
+    from nbs_lib.train import augmentation_for
+
+    assert augmentation_for("alphabet", "crop_flip") == "crop"
+    assert augmentation_for("cifar10", "crop_flip") == "crop_flip"
+    assert augmentation_for("alphabet", "none") == "none"
