@@ -41,6 +41,7 @@ class Profile:
     lr_grid_g: tuple = (3e-3,)  # learning rates tried for the classifier g
     lr_grid_standard: tuple = (1e-3,)  # learning rates tried for the standard model (all of it)
     augment: str = "none"  # training augmentation: none, crop, crop_flip
+    min_steps: int = 0  # fine-tuning runs at least this many optimizer steps (small sets get more epochs)
     arch: str = "efficientnet_lite0"  # the pre-trained backbone of the chapters
     datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
     num_workers: int = 0
@@ -82,6 +83,7 @@ PROFILES: dict[str, Profile] = {
         val_fraction=0.2,
         epochs=4,
         epochs_standard=15,
+        min_steps=130,
         batch_size=64,
         attack_samples=100,
         autoattack_samples=52,

@@ -168,3 +168,13 @@ def test_glyph_datasets_are_never_flipped():
     assert augmentation_for("alphabet", "crop_flip") == "crop"
     assert augmentation_for("cifar10", "crop_flip") == "crop_flip"
     assert augmentation_for("alphabet", "none") == "none"
+
+
+def test_small_sets_get_enough_fine_tuning_steps():
+    from nbs_lib.profiles import get_profile
+    from nbs_lib.train import epochs_for
+
+    prof = get_profile("mini", epochs=4, min_steps=130, batch_size=64)
+    assert epochs_for("full", prof, 2080) == 4  # 33 steps an epoch: 132 steps
+    assert epochs_for("full", prof, 800) == 10  # 13 steps an epoch
+    assert epochs_for("standard", prof, 800) == prof.epochs_standard
