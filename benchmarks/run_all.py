@@ -38,6 +38,10 @@ def main(argv=None) -> None:
         rows = module.run(quick=args.quick)
         parts += [f"## {title}", "", module.to_markdown(rows), "",
                   f"({time.time() - start:.0f} s)", ""]
+    parts += ["How to read: `theirs/ours` above 1 means ours is faster; `ours/floor` is our time "
+              "over the time of the same number of plain forward+backward passes with respect to the "
+              "input (PGD-k's floor is k such passes). A ratio within a few percent of 1 is within "
+              "the noise of a shared 2-core machine.", ""]
     out = HERE / "RESULTS.md"
     out.write_text("\n".join(parts))
     print(out.read_text())
