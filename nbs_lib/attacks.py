@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbs_lib.profiles import resolve_device
+from nbs_lib.profiles import autocast as _autocast, resolve_device
 
 __all__ = [
     "AttackSpec",
@@ -224,13 +224,6 @@ def _check_eps(eps: float, norm: str) -> float:
             "attack(model, x, y, 'PGD-10#0.5')."
         )
     return eps
-
-
-def _autocast(device: torch.device, amp: bool, dtype: torch.dtype):
-    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 def _per_sample_l2(t: torch.Tensor) -> torch.Tensor:

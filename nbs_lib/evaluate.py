@@ -34,9 +34,8 @@ from nbs_lib.attacks import (
     adversarial_batches,
     attack_mode,
     parse_attack,
-    _autocast,
 )
-from nbs_lib.profiles import resolve_device
+from nbs_lib.profiles import autocast as _autocast, resolve_device
 
 __all__ = [
     "accuracy",

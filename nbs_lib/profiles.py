@@ -12,6 +12,7 @@ paper's settings (ResNet-18, 224x224, 90 epochs, batch 128) on a user's GPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -156,6 +157,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but CUDA is not available; use device='auto'.")
     return dev
+
+
+def autocast(device: torch.device, amp: bool, dtype: torch.dtype = torch.bfloat16):
+    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere (the CPU path stays float32)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> torch.Generator:

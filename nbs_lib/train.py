@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .data import LabeledImages, load_dataset, train_val_split
 from .models import SplitClassifier, load_model
-from .profiles import Profile, get_profile, resolve_device
+from .profiles import Profile, autocast as _autocast, get_profile, resolve_device
 from .runs import RunCache
 
 REGIMES = ("standard", "partial", "full")
@@ -138,11 +138,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, min_lr: f
         return lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(i) for i in range(len(base))])
-
-
-def _autocast(device: torch.device, amp: bool):
-    enabled = amp and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()

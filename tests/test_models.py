@@ -1,21 +1,11 @@
-import numpy as np
 import pytest
-import skimage.data
 import torch
-import torch.nn.functional as F
 
+from nbs_lib.imagenet import photo
 from nbs_lib.models import (available_architectures, load_model, model_info)
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 RESNETS = ["resnet18", "resnet50", "resnet101", "wide_resnet50_2", "wide_resnet101_2"]
-
-
-def _photo(name: str, size: int) -> torch.Tensor:
-    img = torch.from_numpy(getattr(skimage.data, name)()).permute(2, 0, 1)[None].float() / 255
-    h, w = img.shape[-2:]
-    side = min(h, w)
-    img = img[..., (h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
-    return F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 @pytest.mark.parametrize("arch", LITES)
@@ -23,8 +13,8 @@ def test_lite_weights_are_imagenet_weights(arch):
     """chelsea is an Egyptian cat (285), coffee an espresso (967): real ImageNet weights."""
     model = load_model(arch, weights="imagenet").eval()
     with torch.no_grad():
-        cat = model(_photo("chelsea", 224)).softmax(-1)
-        coffee = model(_photo("coffee", 224)).softmax(-1)
+        cat = model(photo("chelsea", 224)).softmax(-1)
+        coffee = model(photo("coffee", 224)).softmax(-1)
     assert cat.argmax().item() == 285 and cat.max() > 0.3
     assert coffee.argmax().item() == 967 and coffee.max() > 0.3
 
@@ -32,7 +22,7 @@ def test_lite_weights_are_imagenet_weights(arch):
 def test_random_lite_is_not_imagenet():
     model = load_model("efficientnet_lite0", weights=None).eval()
     with torch.no_grad():
-        p = model(_photo("chelsea", 224)).softmax(-1)
+        p = model(photo("chelsea", 224)).softmax(-1)
     assert p.max() < 0.2
 
 
