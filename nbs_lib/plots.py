@@ -121,3 +121,37 @@ def adversarial_panel(example: dict, classes: list[str], title: str = ""):
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# Figure 3 of the paper: blue (ft-pt), brick red (ft-st), dark gold (pt-st).
+PAIR_COLORS = {"ft-pt": "#3b6fb6", "ft-st": "#b5452f", "pt-st": "#b8860b"}
+PAIR_LABELS = {"ft-pt": "fine-tuned vs pre-trained", "ft-st": "fine-tuned vs standard",
+               "pt-st": "pre-trained vs standard"}
+
+
+def similarity_bars(frame: pd.DataFrame, measure: str = "cca", reduction: str = "positions"):
+    """Grouped bars per dataset, one panel per layer set (paper Figure 3 (a) and (b)).
+
+    ``frame`` is :func:`nbs_lib.knowledge.similarity_study`'s output; the chance level
+    (ft against st on shuffled images) is drawn as a black tick over each group.
+    """
+    sel = frame[(frame.measure == measure) & (frame.reduction == reduction)]
+    datasets = list(dict.fromkeys(sel.dataset))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.1), sharey=True)
+    width = 0.26
+    for ax, layers, title in zip(axes, ("bottom", "all"), ("(a) bottom layer", "(b) all layers")):
+        part = sel[sel.layers == layers].set_index(["dataset", "pair"]).similarity
+        for j, pair in enumerate(PAIR_COLORS):
+            values = [part.get((d, pair), np.nan) for d in datasets]
+            ax.bar(np.arange(len(datasets)) + (j - 1) * width, values, width, color=PAIR_COLORS[pair],
+                   label=PAIR_LABELS[pair])
+        chance = [part.get((d, "chance"), np.nan) for d in datasets]
+        ax.hlines(chance, np.arange(len(datasets)) - 1.5 * width, np.arange(len(datasets)) + 1.5 * width,
+                  colors="black", linestyles="dashed", linewidth=1, label="chance (shuffled images)")
+        ax.set_xticks(np.arange(len(datasets)), datasets, fontsize=8)
+        ax.set_title(f"{title}: {measure.upper()}, {reduction}", fontsize=9)
+        ax.set_ylim(0, 100)
+    axes[0].set_ylabel("similarity (0-100)")
+    axes[1].legend(fontsize=7, loc="upper right", framealpha=0.9)
+    fig.tight_layout()
+    return fig

@@ -46,6 +46,7 @@ class Profile:
     arch: str = "efficientnet_lite0"  # the pre-trained backbone of the chapters
     datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
     num_workers: int = 0
+    similarity_images: int = 1000  # images the layer-similarity measures (CCA, CKA) are computed on
     extra: dict = field(default_factory=dict)
 
     def replace(self, **overrides) -> "Profile":
@@ -75,6 +76,7 @@ PROFILES: dict[str, Profile] = {
         autoattack_queries=10,
         lr_grid_f=(3e-4,),
         lr_grid_g=(3e-3,),
+        similarity_images=96,
     ),
     "mini": Profile(
         name="mini",
@@ -113,6 +115,7 @@ PROFILES: dict[str, Profile] = {
         arch="resnet18",
         datasets=("pets", "nico", "flowers", "cars", "food", "cifar10", "alphabet"),
         num_workers=8,
+        similarity_images=5000,
     ),
 }
 

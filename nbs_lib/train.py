@@ -242,13 +242,17 @@ def _set_train_mode(model: SplitClassifier, regime: str) -> None:
 def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         val: LabeledImages | None = None, device="auto", amp: bool = True,
         resume: dict | None = None, on_epoch_end: Callable[[dict], None] | None = None,
-        progress: bool = True, desc: str = "fit", num_workers: int = 0) -> list[dict]:
+        progress: bool = True, desc: str = "fit", num_workers: int = 0,
+        on_step: Callable[[int, nn.Module], None] | None = None) -> list[dict]:
     """Train ``model`` on ``train`` under ``config``; return the per-epoch history.
 
     Each history row has ``epoch``, ``train_loss``, ``train_acc`` and (with ``val``)
     ``val_acc``. ``resume`` is a payload given earlier to ``on_epoch_end`` (model,
     optimizer and scheduler states, the history): training continues after its epoch
-    and ends with exactly the model an uninterrupted run gives.
+    and ends with exactly the model an uninterrupted run gives. ``on_step(step, model)``,
+    if given, is called after every optimizer step with the global step number (1-based,
+    counted across epochs, continuing after a resume), e.g. to snapshot the model
+    (:func:`nbs_lib.uap.snapshot_every`).
     """
     device = resolve_device(device)
     model = _prepare(model, config, device)
@@ -269,6 +273,7 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         data = _embed(model.features, data, labels, device, 256, amp, num_workers)
     head = model.classifier if frozen_embeddings else model
 
+    step = len(history) * steps_per_epoch  # global optimizer step, correct after a resume
     epochs = range(len(history), config.epochs)
     bar = tqdm(epochs, desc=desc, disable=not progress, leave=True)
     for epoch in bar:
@@ -287,6 +292,9 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
             loss.backward()
             optimizer.step()
             scheduler.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, model)
             total_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
         row = {"epoch": epoch + 1, "train_loss": total_loss.item() / len(train),

@@ -15,7 +15,9 @@ from nbs_lib import data
 from nbs_lib.profiles import get_profile
 
 SMOKE = get_profile("smoke")  # 32x32, 12 train / 4 test per class
-N_CLASSES = {"alphabet": 26, "fashion_mnist": 10, "mnist": 10, "digits": 10}
+N_CLASSES = {"alphabet": 26, "fashion_mnist": 10, "mnist": 10, "digits": 10,
+             "photo_patches": 6, "textures": 7, "shapes": 8}
+GRAY_DATASETS = ("alphabet", "fashion_mnist", "mnist", "digits")
 
 
 def test_available_datasets_lists_offline_and_paper_sets():
@@ -40,7 +42,8 @@ def test_offline_dataset_shapes_ranges_and_balance(name, split):
     assert 0.0 <= ds.images.min() and ds.images.max() <= 1.0
     assert ds.images.std() > 0.05  # not blank
     assert ds.class_counts() == [per_class] * n_classes
-    assert torch.equal(ds.images[:, 0], ds.images[:, 2])  # gray repeated to 3 channels
+    if name in GRAY_DATASETS:
+        assert torch.equal(ds.images[:, 0], ds.images[:, 2])  # gray repeated to 3 channels
 
     image, label = ds[3]
     assert image.shape == (3, size, size) and isinstance(label, int)
@@ -233,3 +236,146 @@ def test_train_val_split_edge_cases():
     assert val.class_counts() == [1] * 10
     with pytest.raises(ValueError, match="val_fraction"):
         data.train_val_split(ds, 1.0, seed=0)
+
+
+# ---------------------------------------------------------------------------
+# Generated sets near to far from natural photographs, and the source sample
+# ---------------------------------------------------------------------------
+
+from nbs_lib import synthetic  # noqa: E402
+
+CLASSES = {
+    "photo_patches": ["motorcycle", "camera", "coins", "hubble_deep_field", "retina",
+                      "immunohistochemistry"],
+    "textures": ["brick", "grass", "gravel", "stripes", "checkerboard", "dots", "blobs"],
+    "shapes": ["circle", "ring", "square", "triangle", "hexagon", "star", "cross", "crescent"],
+}
+
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    return {img.numpy().tobytes() for img in images}
+
+
+def test_generated_sets_are_registered_offline():
+    assert set(data.GENERATED_DATASETS) == set(CLASSES)
+    assert set(data.GENERATED_DATASETS) <= set(data.OFFLINE_DATASETS)
+    assert set(data.GENERATED_DATASETS) <= set(data.available_datasets())
+
+
+@pytest.mark.parametrize("name", data.GENERATED_DATASETS)
+def test_generated_set_classes_colour_and_distinct_images(name):
+    ds = data.load_dataset(name, "train", "smoke", seed=0)
+    assert ds.classes == CLASSES[name]
+    assert ds.class_counts() == [SMOKE.train_per_class] * len(CLASSES[name])
+    assert not torch.equal(ds.images[:, 0], ds.images[:, 2])  # colour images
+    assert len(_rows(ds.images)) == len(ds)  # no two images alike
+    assert ds.labels[: len(ds.classes)].tolist() == list(range(len(ds.classes)))  # interleaved
+
+
+@pytest.mark.parametrize("name", data.GENERATED_DATASETS)
+def test_generated_set_is_deterministic_in_seed(name):
+    first = data.load_dataset(name, "train", "smoke", seed=3)
+    synthetic.clear_caches()  # draw again rather than reuse the cached array
+    second = data.load_dataset(name, "train", "smoke", seed=3)
+    other = data.load_dataset(name, "train", "smoke", seed=4)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert first.fingerprint() == second.fingerprint() != other.fingerprint()
+    assert not torch.equal(first.images, other.images)
+
+
+@pytest.mark.parametrize("name", data.GENERATED_DATASETS)
+def test_generated_train_and_test_share_no_image(name):
+    prof = get_profile("smoke", train_per_class=12, test_per_class=12)
+    train = data.load_dataset(name, "train", prof)
+    test = data.load_dataset(name, "test", prof)
+    assert torch.equal(train.labels, test.labels)
+    assert _rows(train.images).isdisjoint(_rows(test.images))
+
+
+def test_generated_set_at_64_px_and_prefix_property():
+    prof = get_profile("smoke", image_size=64, train_per_class=3, test_per_class=2)
+    ds = data.load_dataset("textures", "test", prof, seed=1)
+    assert ds.images.shape == (14, 3, 64, 64) and ds.images.dtype == torch.float32
+    assert 0.0 <= ds.images.min() and ds.images.max() <= 1.0 and ds.images.std() > 0.05
+    small = data.load_dataset("shapes", "train", get_profile("smoke", train_per_class=2))
+    large = data.load_dataset("shapes", "train", get_profile("smoke", train_per_class=5))
+    assert torch.equal(small.images, large.images[: len(small)])
+
+
+def test_generated_lazy_path_matches_in_memory(monkeypatch):
+    prof = get_profile("smoke", train_per_class=2)
+    eager = data.load_dataset("photo_patches", "train", prof)
+    monkeypatch.setattr(data, "MAX_IN_MEMORY_BYTES", 0)
+    lazy = data.load_dataset("photo_patches", "train", prof)
+    assert lazy.images is None and len(lazy) == len(eager)
+    for i in (0, len(eager) - 1):
+        assert torch.equal(lazy[i][0], eager[i][0]) and lazy[i][1] == eager[i][1]
+
+
+@pytest.mark.parametrize("name", ["photo_patches", "textures"])
+def test_photo_crops_come_from_disjoint_regions(name):
+    """Train and test crops of a photograph lie in regions that do not touch."""
+    for photo in synthetic.PHOTO_PATCH_CLASSES if name == "photo_patches" else synthetic.TEXTURE_PHOTOS:
+        a = synthetic._split_region(photo, "train")
+        b = synthetic._split_region(photo, "test")
+        apart_x = a[2] < b[0] or b[2] < a[0]
+        apart_y = a[3] < b[1] or b[3] < a[1]
+        assert apart_x or apart_y, photo
+
+
+def test_source_photos_are_not_used_by_targets():
+    used = set(synthetic.PHOTO_PATCH_CLASSES) | set(synthetic.TEXTURE_PHOTOS)
+    assert not used & set(synthetic.SOURCE_PHOTOS)
+
+
+def _shape_fourier_features(ds: data.LabeledImages) -> np.ndarray:
+    """|FFT| of how far each pixel is from the median colour: blind to the shape's place
+    and to its and the background's colours."""
+    gray = ds.images.mean(1).double().numpy()
+    mask = np.abs(gray - np.median(gray.reshape(len(gray), -1), axis=1)[:, None, None])
+    f = np.abs(np.fft.rfft2(mask)).reshape(len(mask), -1)[:, 1:]
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def test_shapes_are_learnable():
+    """A nearest-centroid classifier on place-invariant features beats chance (1/8) by far."""
+    from sklearn.neighbors import NearestCentroid
+
+    prof = get_profile("smoke", image_size=32, train_per_class=40, test_per_class=10)
+    train = data.load_dataset("shapes", "train", prof)
+    test = data.load_dataset("shapes", "test", prof)
+    clf = NearestCentroid().fit(_shape_fourier_features(train), train.labels.numpy())
+    accuracy = clf.score(_shape_fourier_features(test), test.labels.numpy())
+    assert accuracy > 0.3, f"shapes not learnable: accuracy {accuracy:.2f} (chance 0.125)"
+
+
+def test_natural_photo_sample_shape_range_and_determinism():
+    x = data.natural_photo_sample(10, 32, seed=0)
+    assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05
+    assert torch.equal(x, data.natural_photo_sample(10, 32, seed=0))
+    assert not torch.equal(x, data.natural_photo_sample(10, 32, seed=1))
+    assert len(_rows(x)) == 10
+
+
+def test_natural_photo_sample_reads_a_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "n01440764").mkdir()
+    for k, suffix in enumerate((".png", ".JPEG", ".jpg")):
+        pixels = rng.integers(0, 256, size=(40 + 10 * k, 50, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "n01440764" / f"{k}{suffix}", format="PNG" if suffix == ".png" else "JPEG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    x = data.natural_photo_sample(5, 16, seed=2, folder=tmp_path)
+    assert x.shape == (5, 3, 16, 16) and 0.0 <= x.min() and x.max() <= 1.0
+    assert torch.equal(x, data.natural_photo_sample(5, 16, seed=2, folder=tmp_path))
+    assert not torch.equal(x, data.natural_photo_sample(5, 16, seed=0))  # not the bundled photos
+
+
+def test_natural_photo_sample_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no .jpg") as err:
+        data.natural_photo_sample(3, 16, folder=tmp_path)
+    assert str(tmp_path) in str(err.value) and "ImageNet" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.natural_photo_sample(3, 16, folder=tmp_path / "missing")

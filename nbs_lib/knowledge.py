@@ -1,0 +1,167 @@
+"""Chapter 2: what the fine-tuned model learned, measured by layer similarity (Figure 3).
+
+Paper section "Difference between Fine-tuned Model and Standard Model: On the Learned
+Knowledge". For each target dataset three models share one architecture: the
+pre-trained ImageNet model (``pt``), the fully fine-tuned model (``ft``) and the
+standard model trained from scratch (``st``); the last two come from the chapter 1
+protocol through the run cache. Their f is compared on the same images by SVCCA
+(:func:`nbs_lib.similarity.cca_similarity`) and by linear CKA, on the bottom stage
+and on all four stages (:mod:`nbs_lib.layers`), scaled to [0, 100].
+
+Besides the paper's three pairs, ``chance`` compares ft with st on *shuffled* images
+(rows of one model permuted image by image): the value two unrelated representations
+of the same size reach by chance, since a mean canonical correlation is biased
+upwards when the number of data points is not much larger than the number of neurons.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .data import balanced_indices, load_dataset
+from .layers import LAYER_SETS, layer_matrices
+from .models import load_model
+from .profiles import Profile, get_profile
+from .robustness import sample_id, train_three
+from .runs import RunCache
+from .similarity import cca_similarity, linear_cka
+from .train import weights_id
+
+PAIRS = {"ft-pt": ("full", "pretrained"), "ft-st": ("full", "standard"),
+         "pt-st": ("pretrained", "standard")}
+CHANCE = "chance"
+MEASURES = ("cca", "cka")
+KNOWLEDGE_CODE_VERSION = 1
+COLUMNS = ["dataset", "pair", "layers", "measure", "reduction", "similarity", "n_rows", "dims", "note"]
+
+
+def similarity_images(dataset: str, profile: Profile, seed: int = 0, n: int | None = None) -> torch.Tensor:
+    """The images every model of ``dataset`` is compared on: a class-balanced draw from train.
+
+    The comparison needs many data points (at least as many as neurons for CCA), more
+    than the test split holds at ``mini``; the training images serve, as in SVCCA.
+    """
+    train = load_dataset(dataset, "train", profile, seed=seed)
+    n = min(n or profile.similarity_images, len(train))
+    per_class = max(1, n // len(train.classes))
+    sub = train.subset(balanced_indices(train.labels.numpy(), per_class, seed, "similarity"))
+    if sub.images is not None:
+        return sub.images
+    return torch.stack([sub[i][0] for i in range(len(sub))])
+
+
+def compared_models(dataset: str, profile: Profile, arch: str, weights, seed: int, device,
+                    cache: RunCache, progress: bool) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """``{"pretrained", "full", "standard"} -> (model, identity)`` for one target dataset."""
+    trained = train_three(dataset, profile, arch, weights, seed, device, cache,
+                          regimes=("standard", "full"), progress=progress)
+    pretrained = load_model(arch, weights=weights, num_classes=trained["full"].model.num_classes,
+                            seed=seed).eval()
+    return {"pretrained": (pretrained, {"arch": arch, "weights": weights_id(weights)}),
+            "full": (trained["full"].model, trained["full"].config),
+            "standard": (trained["standard"].model, trained["standard"].config)}
+
+
+def measure_similarity(measure: str, a: torch.Tensor, b: torch.Tensor) -> tuple[float, str]:
+    """``(similarity in [0, 100], note)``; CCA with fewer data points than neurons is not defined."""
+    if measure == "cka":
+        return 100.0 * linear_cka(a, b), ""
+    if measure == "cca":
+        dims = max(a.shape[1], b.shape[1])
+        if a.shape[0] < dims:
+            return math.nan, f"CCA needs n >= d: n={a.shape[0]} < d={dims}"
+        return 100.0 * cca_similarity(a, b), ""
+    raise ValueError(f"Unknown measure {measure!r}; use one of {MEASURES}.")
+
+
+def shuffle_images(matrix: torch.Tensor, n_images: int, seed: int) -> torch.Tensor:
+    """Rows permuted image by image (each image's block of positions moves together)."""
+    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))
+    return matrix.reshape(n_images, -1, matrix.shape[1])[order].reshape(matrix.shape)
+
+
+def compare_models(models: dict[str, torch.nn.Module], images: torch.Tensor, modes=("positions", "pool"),
+                   measures=MEASURES, max_positions: int | None = 256, seed: int = 0,
+                   device="auto") -> list[dict]:
+    """Every pair of :data:`PAIRS` plus :data:`CHANCE`, on both layer sets, in every mode and measure."""
+    rows = []
+    per_model = {name: layer_matrices(model, images, tuple(LAYER_SETS), modes, max_positions, seed, device)
+                 for name, model in models.items()}
+    for mode in modes:
+        mats = {name: matrices[mode] for name, matrices in per_model.items()}
+        for layers in LAYER_SETS:
+            pairs = {p: (mats[a][layers], mats[b][layers]) for p, (a, b) in PAIRS.items()}
+            pairs[CHANCE] = (mats["full"][layers],
+                             shuffle_images(mats["standard"][layers], len(images), seed + 1))
+            for pair, (a, b) in pairs.items():
+                for measure in measures:
+                    value, note = measure_similarity(measure, a, b)
+                    rows.append({"pair": pair, "layers": layers, "measure": measure, "reduction": mode,
+                                 "similarity": value, "n_rows": a.shape[0],
+                                 "dims": max(a.shape[1], b.shape[1]), "note": note})
+    return rows
+
+
+def similarity_study(datasets, profile: str | Profile = "mini", arch: str | None = None,
+                     weights="imagenet", seed: int = 0, device="auto", cache: RunCache | None = None,
+                     modes=("positions", "pool"), measures=MEASURES, max_positions: int | None = 256,
+                     progress: bool = True) -> pd.DataFrame:
+    """Figure 3 for every dataset: one row per dataset x pair x layers x measure x reduction.
+
+    Models are trained (or loaded from the run cache) by the chapter 1 protocol; the
+    similarities of each dataset are cached too, keyed on the models and the images.
+    """
+    profile = get_profile(profile)
+    arch = arch or profile.arch
+    cache = cache or RunCache()
+    rows = []
+    for dataset in tqdm(list(datasets), desc="similarity", disable=not progress):
+        models = compared_models(dataset, profile, arch, weights, seed, device, cache, progress)
+        images = similarity_images(dataset, profile, seed)
+        labels = torch.zeros(len(images), dtype=torch.long)
+        config = {"kind": "similarity", "code_version": KNOWLEDGE_CODE_VERSION,
+                  "models": {k: ident for k, (_, ident) in models.items()},
+                  "images": sample_id(dataset, images, labels), "modes": list(modes),
+                  "measures": list(measures), "max_positions": max_positions, "seed": seed}
+
+        def compute(models=models, images=images):
+            return compare_models({k: m for k, (m, _) in models.items()}, images, modes, measures,
+                                  max_positions, seed, device)
+
+        rows += [{"dataset": dataset, **row} for row in cache.memo("similarity", config, compute)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def figure3_table(frame: pd.DataFrame, measure: str = "cca", reduction: str = "positions") -> pd.DataFrame:
+    """Datasets x (layers, pair) of one measure and reduction, as in the paper's bar chart."""
+    sel = frame[(frame.measure == measure) & (frame.reduction == reduction)]
+    table = sel.pivot_table(index="dataset", columns=["layers", "pair"], values="similarity",
+                            sort=False)
+    order = [(layers, pair) for layers in LAYER_SETS for pair in [*PAIRS, CHANCE]
+             if (layers, pair) in table.columns]
+    return table[order].round(1)
+
+
+def knowledge_observations(frame: pd.DataFrame, measure: str = "cca",
+                           reduction: str = "positions") -> pd.DataFrame:
+    """The paper's two claims, checked per dataset.
+
+    1. ft is more similar to pt than to st (``ft-pt > ft-st``), on bottom and on all layers.
+    2. ft and st are more alike on the bottom layer than on all layers.
+    Each claim is also checked against the chance level, so a difference between two
+    values that are both at chance does not count as support.
+    """
+    t = figure3_table(frame, measure, reduction)
+    out = []
+    for dataset, row in t.iterrows():
+        entry = {"dataset": dataset}
+        for layers in LAYER_SETS:
+            entry[f"ft closer to pt ({layers})"] = bool(row[(layers, "ft-pt")] > row[(layers, "ft-st")])
+            entry[f"ft-st above chance ({layers})"] = bool(row[(layers, "ft-st")] > row[(layers, CHANCE)])
+        entry["ft-st: bottom > all"] = bool(row[("bottom", "ft-st")] > row[("all", "ft-st")])
+        out.append(entry)
+    return pd.DataFrame(out).set_index("dataset")

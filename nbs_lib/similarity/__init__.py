@@ -1,0 +1,11 @@
+"""Measures of how alike two representations or two samples are.
+
+* :mod:`.cca`: SVCCA-style mean canonical correlation and linear CKA between two
+  layers (paper section "Difference between Fine-tuned Model and Standard Model:
+  On the Learned Knowledge", Figure 3).
+* :mod:`.mmd`: maximum mean discrepancy between source and target embeddings
+  (section "The factors affecting the transfer of non-robust features", Figure 6).
+"""
+
+from .cca import cca_similarity, canonical_correlations, linear_cka  # noqa: F401
+from .mmd import mmd, median_bandwidth, mmd_permutation_test  # noqa: F401

@@ -1,0 +1,137 @@
+"""How alike two layers' representations are: SVCCA mean canonical correlation and linear CKA.
+
+Paper section "Difference between Fine-tuned Model and Standard Model: On the Learned
+Knowledge" (Figure 3, eq. 1). Two layers L1 (n x d1) and L2 (n x d2) hold the
+activations of the same n inputs, one row per input (data point), one column per
+neuron.
+
+* :func:`cca_similarity` follows SVCCA (Raghu et al. 2017): centre each side, keep
+  the SVD directions that hold ``keep`` (99%) of its variance, then compute the
+  canonical correlations rho_1 >= ... >= rho_k between the two reduced sides and
+  return their mean over k = min(d1, d2) directions (after reduction). The
+  canonical correlations are the singular values of Q1^T Q2, where Q1 and Q2 are
+  orthonormal bases of the two centred column spaces (Bjorck and Golub 1973): no
+  covariance matrix is inverted, so near-singular layers stay stable. All of it
+  runs in float64 on the tensors' own device (CPU or CUDA).
+* :func:`linear_cka` is linear centred kernel alignment (Kornblith et al. 2019),
+  which the paper cites: ||L2^T L1||_F^2 / (||L1^T L1||_F ||L2^T L2||_F) on centred
+  columns. Unlike CCA it is not invariant to every invertible linear map, only to
+  orthogonal maps and isotropic scaling, and it weights directions by variance.
+
+Both return a number in [0, 1]; the chapter scales it to [0, 100] as the paper does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DEFAULT_KEEP = 0.99  # SVCCA: the SVD directions holding 99% of the variance
+
+
+def _as_matrix(x, name: str) -> torch.Tensor:
+    """A float64 2-D tensor on the input's device (numpy arrays go to the CPU)."""
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (data points x neurons); got shape {tuple(t.shape)}. "
+                         "Flatten or pool feature maps first (see nbs_lib.layers).")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} holds NaN or infinite values.")
+    return t.detach().to(torch.float64)
+
+
+def _check_pair(x, y, need_rows_over_columns: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = _as_matrix(x, "L1"), _as_matrix(y, "L2")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"L1 has {a.shape[0]} data points and L2 has {b.shape[0]}: both must hold "
+                         "the activations of the same inputs, in the same order.")
+    if a.shape[0] < 2:
+        raise ValueError("need at least two data points")
+    if a.device != b.device:
+        b = b.to(a.device)
+    if need_rows_over_columns:
+        d = max(a.shape[1], b.shape[1])
+        if a.shape[0] < d:
+            raise ValueError(
+                f"CCA needs at least as many data points as neurons: n={a.shape[0]} < d={d}. With "
+                "fewer, every canonical correlation is trivially 1. Use more images, treat "
+                "positions as data points (nbs_lib.layers, mode='positions'), or pool the maps.")
+    return a, b
+
+
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def svd_reduce(x: torch.Tensor, keep: float = DEFAULT_KEEP) -> torch.Tensor:
+    """Centred ``x`` projected on its top singular directions holding ``keep`` of the variance.
+
+    The SV step of SVCCA: returns ``U_k * S_k`` (n x k), the coordinates of the
+    data in the k directions, where k is the smallest number whose squared singular
+    values sum to at least ``keep`` of the total.
+    """
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep is a fraction of variance in (0, 1]; got {keep}")
+    x = _centre(_as_matrix(x, "x"))
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    k = _directions_for(s, keep)
+    return u[:, :k] * s[:k]
+
+
+def _directions_for(singular_values: torch.Tensor, keep: float) -> int:
+    """The fewest leading directions whose squared singular values hold ``keep`` of the total."""
+    energy = torch.cumsum(singular_values**2, 0)
+    total = energy[-1].clamp_min(torch.finfo(energy.dtype).tiny)
+    k = int((energy < keep * total * (1 - 1e-12)).sum().item()) + 1
+    return min(k, len(singular_values))
+
+
+def _basis(x: torch.Tensor, keep: float | None, rtol: float) -> torch.Tensor:
+    """An orthonormal basis (n x k) of the kept directions of centred ``x``, from one SVD.
+
+    k is the numerical rank (singular values above ``rtol`` times the largest), cut
+    further to the directions holding ``keep`` of the variance when ``keep`` is given.
+    """
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    if len(s) == 0 or s[0] == 0:
+        raise ValueError("a representation is constant over the data points: its CCA is undefined")
+    k = int((s > rtol * s[0]).sum().item())
+    if keep is not None:
+        k = min(k, _directions_for(s, keep))
+    return u[:, :k]
+
+
+def canonical_correlations(x, y, keep: float | None = DEFAULT_KEEP, rtol: float = 1e-10) -> torch.Tensor:
+    """The canonical correlations of L1 = ``x`` and L2 = ``y``, largest first (eq. 1).
+
+    ``keep`` is the SVCCA variance fraction (``None``: no SVD reduction). Directions
+    whose singular value is below ``rtol`` times the largest count as zero variance,
+    so k = min(rank(L1), rank(L2)) correlations are returned, each in [0, 1]. The SVD
+    that reduces each side also gives its orthonormal basis, so each side costs one SVD.
+    """
+    if keep is not None and not 0 < keep <= 1:
+        raise ValueError(f"keep is a fraction of variance in (0, 1]; got {keep}")
+    a, b = _check_pair(x, y, need_rows_over_columns=True)
+    qa, qb = _basis(_centre(a), keep, rtol), _basis(_centre(b), keep, rtol)
+    return torch.linalg.svdvals(qa.T @ qb).clamp(0.0, 1.0)
+
+
+def cca_similarity(x, y, keep: float | None = DEFAULT_KEEP, rtol: float = 1e-10) -> float:
+    """SVCCA similarity: the mean canonical correlation (1/k) sum_a rho_a, in [0, 1]."""
+    return float(canonical_correlations(x, y, keep, rtol).mean().item())
+
+
+def linear_cka(x, y) -> float:
+    """Linear CKA (Kornblith et al. 2019) of L1 = ``x`` and L2 = ``y``, in [0, 1].
+
+    Computed through the d x d cross-products, so n may be large (positions as data
+    points); n < d is allowed.
+    """
+    a, b = _check_pair(x, y, need_rows_over_columns=False)
+    a, b = _centre(a), _centre(b)
+    cross = torch.linalg.matrix_norm(b.T @ a) ** 2
+    norm_a = torch.linalg.matrix_norm(a.T @ a)
+    norm_b = torch.linalg.matrix_norm(b.T @ b)
+    if norm_a == 0 or norm_b == 0:
+        raise ValueError("a representation is constant over the data points: its CKA is undefined")
+    return float((cross / (norm_a * norm_b)).item())

@@ -1,0 +1,53 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from nbs_lib.knowledge import (CHANCE, PAIRS, compare_models, figure3_table, knowledge_observations,
+                               measure_similarity, shuffle_images, similarity_study)
+from nbs_lib.models import load_model
+from nbs_lib.runs import RunCache
+
+
+def test_shuffle_moves_whole_images():
+    m = torch.arange(12.0).reshape(6, 2)  # 3 images x 2 positions, 2 dims
+    s = shuffle_images(m, 3, seed=0)
+    blocks = {tuple(s[i:i + 2].flatten().tolist()) for i in (0, 2, 4)}
+    assert blocks == {tuple(m[i:i + 2].flatten().tolist()) for i in (0, 2, 4)}
+
+
+def test_cca_with_too_few_points_is_reported_not_faked():
+    value, note = measure_similarity("cca", torch.randn(5, 8), torch.randn(5, 8))
+    assert math.isnan(value) and "n=5 < d=8" in note
+    with pytest.raises(ValueError, match="measure"):
+        measure_similarity("svcca", torch.randn(5, 2), torch.randn(5, 2))
+
+
+def test_a_model_equals_itself_and_differs_from_another(one_thread):
+    a = load_model("resnet18", weights=None, num_classes=3, seed=0).eval()
+    b = load_model("resnet18", weights=None, num_classes=3, seed=1).eval()
+    images = torch.rand(40, 3, 32, 32)
+    rows = compare_models({"pretrained": a, "full": a, "standard": b}, images, modes=("positions",),
+                          device="cpu")
+    frame = pd.DataFrame(rows)
+    same = frame[(frame.pair == "ft-pt") & (frame.measure == "cka")].similarity
+    assert (same > 99.999).all()
+    other = frame[(frame.pair == "ft-st") & (frame.measure == "cka")].similarity
+    assert (other < 99).all()
+    assert set(frame.pair) == {*PAIRS, CHANCE}
+
+
+def test_study_on_trained_models_and_its_cache(tmp_path):
+    cache = RunCache(tmp_path)
+    kwargs = dict(datasets=["digits"], profile="smoke", device="cpu", cache=cache, progress=False)
+    frame = similarity_study(**kwargs)
+    assert set(frame.layers) == {"bottom", "all"} and set(frame.reduction) == {"positions", "pool"}
+    cka = frame[frame.measure == "cka"].similarity
+    assert ((cka >= 0) & (cka <= 100)).all()
+    again = similarity_study(**kwargs)
+    pd.testing.assert_frame_equal(frame, again)
+    table = figure3_table(frame, "cka", "positions")
+    assert list(table.columns.get_level_values(1)[:4]) == [*PAIRS, CHANCE]
+    obs = knowledge_observations(frame, "cka", "positions")
+    assert obs.index.tolist() == ["digits"] and obs.dtypes.eq(bool).all()
