@@ -3,9 +3,9 @@
 * :mod:`.cca`: SVCCA-style mean canonical correlation and linear CKA between two
   layers (paper section "Difference between Fine-tuned Model and Standard Model:
   On the Learned Knowledge", Figure 3).
-* :mod:`.mmd`: maximum mean discrepancy between source and target embeddings
+* :mod:`.discrepancy`: maximum mean discrepancy between source and target embeddings
   (section "The factors affecting the transfer of non-robust features", Figure 6).
 """
 
 from .cca import cca_similarity, canonical_correlations, linear_cka  # noqa: F401
-from .mmd import mmd, median_bandwidth, mmd_permutation_test  # noqa: F401
+from .discrepancy import mmd, median_bandwidth, mmd_permutation_test  # noqa: F401
