@@ -16,9 +16,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks import bench_attacks  # noqa: E402
+from benchmarks import bench_attacks, bench_cca, bench_mmd  # noqa: E402
 
-BENCHMARKS = {"Attacks: ours against torchattacks (PGD-10, FGSM)": bench_attacks}
+BENCHMARKS = {
+    "Attacks: ours against torchattacks (PGD-10, FGSM)": bench_attacks,
+    "SVCCA and linear CKA: ours against float64 NumPy/SciPy": bench_cca,
+    "MMD: ours against the SciPy cdist reference": bench_mmd,
+}
 
 
 def machine() -> str:

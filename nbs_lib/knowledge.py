@@ -139,8 +139,8 @@ def similarity_study(datasets, profile: str | Profile = "mini", arch: str | None
 def figure3_table(frame: pd.DataFrame, measure: str = "cca", reduction: str = "positions") -> pd.DataFrame:
     """Datasets x (layers, pair) of one measure and reduction, as in the paper's bar chart."""
     sel = frame[(frame.measure == measure) & (frame.reduction == reduction)]
-    table = sel.pivot_table(index="dataset", columns=["layers", "pair"], values="similarity",
-                            sort=False)
+    table = sel.pivot(index="dataset", columns=["layers", "pair"], values="similarity")
+    table = table.reindex(list(dict.fromkeys(sel.dataset)))
     order = [(layers, pair) for layers in LAYER_SETS for pair in [*PAIRS, CHANCE]
              if (layers, pair) in table.columns]
     return table[order].round(1)
@@ -153,15 +153,47 @@ def knowledge_observations(frame: pd.DataFrame, measure: str = "cca",
     1. ft is more similar to pt than to st (``ft-pt > ft-st``), on bottom and on all layers.
     2. ft and st are more alike on the bottom layer than on all layers.
     Each claim is also checked against the chance level, so a difference between two
-    values that are both at chance does not count as support.
+    values that are both at chance does not count as support. A comparison with a
+    missing value (CCA with fewer points than neurons) is ``<NA>``, not False.
     """
     t = figure3_table(frame, measure, reduction)
+
+    def larger(row, a, b):
+        return pd.NA if pd.isna(row[a]) or pd.isna(row[b]) else bool(row[a] > row[b])
+
     out = []
     for dataset, row in t.iterrows():
         entry = {"dataset": dataset}
         for layers in LAYER_SETS:
-            entry[f"ft closer to pt ({layers})"] = bool(row[(layers, "ft-pt")] > row[(layers, "ft-st")])
-            entry[f"ft-st above chance ({layers})"] = bool(row[(layers, "ft-st")] > row[(layers, CHANCE)])
-        entry["ft-st: bottom > all"] = bool(row[("bottom", "ft-st")] > row[("all", "ft-st")])
+            entry[f"ft closer to pt ({layers})"] = larger(row, (layers, "ft-pt"), (layers, "ft-st"))
+            entry[f"ft-st above chance ({layers})"] = larger(row, (layers, "ft-st"), (layers, CHANCE))
+        entry["ft-st: bottom > all"] = larger(row, ("bottom", "ft-st"), ("all", "ft-st"))
         out.append(entry)
-    return pd.DataFrame(out).set_index("dataset")
+    return pd.DataFrame(out).set_index("dataset").astype("boolean")
+
+
+def claims_vs_paper(frame: pd.DataFrame, modes=("positions", "pool")) -> pd.DataFrame:
+    """The paper's Figure 3 claims beside how many of our datasets support each.
+
+    One column per measure and reduction; a cell reads "k of n datasets", n counting
+    the datasets where the values compared exist (CCA needs more points than neurons).
+    """
+    from .paper import FIGURE3_CLAIMS
+
+    claims = {  # claim -> ((layers, pair) that should be larger, (layers, pair) it is compared with)
+        "ft closer to pt than to st (bottom)": (("bottom", "ft-pt"), ("bottom", "ft-st")),
+        "ft closer to pt than to st (all)": (("all", "ft-pt"), ("all", "ft-st")),
+        "ft-st: bottom more alike than all": (("bottom", "ft-st"), ("all", "ft-st")),
+    }
+    table = {"paper": FIGURE3_CLAIMS}
+    for measure in MEASURES:
+        for mode in modes:
+            t = figure3_table(frame, measure, mode)
+            if t.empty:
+                continue
+            column = {}
+            for claim, (larger, smaller) in claims.items():
+                both = t[[larger, smaller]].dropna()
+                column[claim] = f"{int((both[larger] > both[smaller]).sum())} of {len(both)} datasets"
+            table[f"{measure.upper()}, {mode}"] = column
+    return pd.DataFrame(table)

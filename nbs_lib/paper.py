@@ -61,3 +61,11 @@ def table2() -> pd.DataFrame:
 def paper_means() -> pd.DataFrame:
     """Table 1 averaged over the paper's seven datasets, per model."""
     return table1().groupby("model", sort=False)[["aoi", "aai", "dr"]].mean().round(2)
+
+
+# Figure 3 is a bar chart without printed values; the text states two claims.
+FIGURE3_CLAIMS = {
+    "ft closer to pt than to st (bottom)": "most of the examined datasets",
+    "ft closer to pt than to st (all)": "most of the examined datasets",
+    "ft-st: bottom more alike than all": "yes (bottom layers share edges and simple textures)",
+}

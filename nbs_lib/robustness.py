@@ -104,20 +104,21 @@ def evaluate_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.T
 
 def robustness_study(datasets, profile: str | Profile = "mini", attacks=None, arch: str | None = None,
                      weights="imagenet", seed: int = 0, device="auto", cache: RunCache | None = None,
-                     progress: bool = True):
+                     progress: bool = True, regimes=REGIMES):
     """Train the three models of every dataset and attack them.
 
     Returns ``(table, models)``: ``table`` has one row per dataset x model x attack with
     columns ``dataset, model, attack, aoi, aai, dr, n`` (percent); ``models`` maps
     ``(dataset, regime)`` to the :class:`TrainedModel`. AutoAttack specs run on the
-    profile's ``autoattack_samples`` images, the others on ``attack_samples``.
+    profile's ``autoattack_samples`` images, the others on ``attack_samples``. ``regimes``
+    chooses which of the three models are trained (all by default).
     """
     profile = get_profile(profile)
     attacks = list(attacks or [TABLE1_ATTACK, *TABLE2_ATTACKS])
     cache = cache or RunCache()
     rows, models = [], {}
     for dataset in datasets:
-        trained = train_three(dataset, profile, arch, weights, seed, device, cache, progress=progress)
+        trained = train_three(dataset, profile, arch, weights, seed, device, cache, regimes, progress)
         for regime, tm in tqdm(trained.items(), desc=f"{dataset}: attacks", disable=not progress):
             models[(dataset, regime)] = tm
             for group in _attack_groups(attacks, profile):

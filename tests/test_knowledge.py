@@ -50,4 +50,19 @@ def test_study_on_trained_models_and_its_cache(tmp_path):
     table = figure3_table(frame, "cka", "positions")
     assert list(table.columns.get_level_values(1)[:4]) == [*PAIRS, CHANCE]
     obs = knowledge_observations(frame, "cka", "positions")
-    assert obs.index.tolist() == ["digits"] and obs.dtypes.eq(bool).all()
+    assert obs.index.tolist() == ["digits"] and obs.dtypes.eq("boolean").all()
+
+
+def test_claims_count_only_datasets_with_values():
+    rows = []
+    for dataset, (ftpt, ftst_bottom, ftst_all) in {"a": (80, 40, 30), "b": (30, 50, math.nan)}.items():
+        for layers, ftst in (("bottom", ftst_bottom), ("all", ftst_all)):
+            for pair, value in (("ft-pt", ftpt), ("ft-st", ftst), ("pt-st", 20), (CHANCE, 5)):
+                rows.append({"dataset": dataset, "pair": pair, "layers": layers, "measure": "cca",
+                             "reduction": "pool", "similarity": value})
+    from nbs_lib.knowledge import claims_vs_paper
+    table = claims_vs_paper(pd.DataFrame(rows), modes=("pool",))
+    col = table["CCA, pool"]
+    assert col["ft closer to pt than to st (bottom)"] == "1 of 2 datasets"
+    assert col["ft closer to pt than to st (all)"] == "1 of 1 datasets"
+    assert col["ft-st: bottom more alike than all"] == "1 of 1 datasets"

@@ -1,0 +1,40 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nbs_lib.distance import correlations, mmd_study, source_target_mmd
+from nbs_lib.runs import RunCache
+
+
+def test_correlations_of_a_monotone_relation():
+    frame = pd.DataFrame({"mmd": [0.1, 0.2, 0.4, 0.8, 1.6], "dr": [10, 20, 50, 60, 99]})
+    out = correlations(frame, n_boot=300).set_index("correlation")
+    assert out.loc["Spearman", "r"] == pytest.approx(1.0)
+    assert 0.8 < out.loc["Pearson", "r"] < 1.0
+    assert out.loc["Pearson", "ci_low"] <= out.loc["Pearson", "r"] <= out.loc["Pearson", "ci_high"]
+    reverse = correlations(frame.assign(dr=frame.dr[::-1].to_numpy()), n_boot=300)
+    assert reverse.set_index("correlation").loc["Spearman", "r"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="at least 3"):
+        correlations(frame.head(2))
+
+
+def test_mmd_separates_shifted_embeddings():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(200, 16, generator=g), torch.randn(200, 16, generator=g)
+    near = source_target_mmd(a, b, permutations=100)
+    far = source_target_mmd(a, b + 1.0, permutations=100)
+    assert far["mmd"] > near["mmd"] and far["mmd_p"] < 0.05 < near["mmd_p"]
+
+
+def test_study_on_two_smoke_targets(tmp_path):
+    cache = RunCache(tmp_path)
+    kwargs = dict(datasets=["digits", "shapes"], profile="smoke", device="cpu", cache=cache,
+                  n_source=40, n_target=40, progress=False)
+    frame, models = mmd_study(**kwargs)
+    assert frame.dataset.tolist() == ["digits", "shapes"]
+    assert (frame.mmd_p > 0).all() and (frame.bandwidth > 0).all()
+    assert frame.dr.between(0, 100).all() and not frame.mmd.isna().any()
+    assert set(models) == {(d, r) for d in ("digits", "shapes") for r in ("standard", "full")}
+    again, _ = mmd_study(**kwargs)
+    pd.testing.assert_frame_equal(frame, again)
