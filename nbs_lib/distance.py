@@ -109,23 +109,24 @@ def correlations(frame: pd.DataFrame, x: str = "mmd", y: str = "dr", n_boot: int
                  seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Spearman and Pearson correlation of ``x`` and ``y`` with a bootstrap interval.
 
-    The interval resamples datasets with replacement (percentile method); resamples with
+    Datasets without a value of ``x`` or ``y`` are left out. The interval resamples datasets with replacement (percentile method); resamples with
     a constant column are skipped. The p-value is scipy's (exact permutation test for
     Spearman on few points; t-test for Pearson).
     """
-    xs, ys = frame[x].to_numpy(float), frame[y].to_numpy(float)
+    complete = frame.dropna(subset=[x, y])  # DR is undefined where AOI is 0
+    xs, ys = complete[x].to_numpy(float), complete[y].to_numpy(float)
     if len(xs) < 3:
         raise ValueError(f"a correlation needs at least 3 datasets; got {len(xs)}")
     rng = np.random.default_rng(seed)
     rows = []
     for name, fn in (("Spearman", scipy.stats.spearmanr), ("Pearson", scipy.stats.pearsonr)):
-        result = fn(xs, ys)
+        result = fn(xs, ys) if np.ptp(xs) > 0 and np.ptp(ys) > 0 else (np.nan, np.nan)  # constant: undefined
         boot = []
         for _ in range(n_boot):
             idx = rng.integers(0, len(xs), len(xs))
             if np.ptp(xs[idx]) > 0 and np.ptp(ys[idx]) > 0:
                 boot.append(fn(xs[idx], ys[idx])[0])
-        low, high = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2])
+        low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if boot else (np.nan, np.nan)
         rows.append({"correlation": name, "r": float(result[0]), "p_value": float(result[1]),
                      "ci_low": float(low), "ci_high": float(high), "n_datasets": len(xs),
                      "n_boot": len(boot)})

@@ -155,3 +155,27 @@ def similarity_bars(frame: pd.DataFrame, measure: str = "cca", reduction: str = 
     axes[1].legend(fontsize=7, loc="upper right", framealpha=0.9)
     fig.tight_layout()
     return fig
+
+
+def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None):
+    """DR of the fine-tuned model against the target's MMD from the source, labelled (Figure 6).
+
+    The standard models' DR is drawn in grey for context (the paper plots only the
+    fine-tuned model's).
+    """
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    ax.scatter(frame.mmd, frame.dr, color=MODEL_COLORS["full"], zorder=3, label="fine-tuned (full)")
+    if "dr_standard" in frame:
+        ax.scatter(frame.mmd, frame.dr_standard, marker="x", color="grey", zorder=2, label="standard")
+    for _, row in frame.iterrows():
+        ax.annotate(row.dataset, (row.mmd, row.dr), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("MMD$^2$ of target from source (pre-trained embedding)")
+    ax.set_ylabel("DR under PGD-10#0.5 (%)")
+    ax.set_ylim(-3, 103)
+    if correlations is not None:
+        text = ", ".join(f"{r.correlation} {r.r:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+                         for r in correlations.itertuples())
+        ax.set_title(text, fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -38,3 +38,9 @@ def test_study_on_two_smoke_targets(tmp_path):
     assert set(models) == {(d, r) for d in ("digits", "shapes") for r in ("standard", "full")}
     again, _ = mmd_study(**kwargs)
     pd.testing.assert_frame_equal(frame, again)
+
+
+def test_correlation_with_a_constant_column_is_undefined_not_an_error():
+    frame = pd.DataFrame({"mmd": [0.1, 0.2, 0.4], "dr": [100.0, 100.0, 100.0]})
+    out = correlations(frame, n_boot=50)
+    assert out.r.isna().all() and out.ci_low.isna().all() and (out.n_boot == 0).all()
