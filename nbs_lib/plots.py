@@ -179,3 +179,74 @@ def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None):
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def uap_grid(uaps: dict, grads: dict, classes, models=("full", "standard")):
+    """Figure 4: per model, its UAP (contrast-stretched) and gradient map for each target."""
+    from .uap import perturbation_image
+
+    targets = sorted({t for _, t in uaps})
+    fig, axes = plt.subplots(2 * len(models), len(targets), figsize=(1.3 * len(targets), 2.8 * len(models)),
+                             squeeze=False)
+    for m, name in enumerate(models):
+        for j, target in enumerate(targets):
+            for k, (kind, img) in enumerate((("UAP", perturbation_image(uaps[(name, target)].delta,
+                                                                        "rescaled")[0]),
+                                             ("gradient", grads[(name, target)]["image"]))):
+                ax = axes[2 * m + k, j]
+                ax.imshow(to_numpy_image(img), interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                if m == 0 and k == 0:
+                    ax.set_title(f"target {classes[target]}", fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(f"{MODEL_LABELS.get(name, name)}\n{kind}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def uap_success_curves(curves: dict):
+    """Figure 5(a): success of each model's final UAP against the model along its training."""
+    fig, ax = plt.subplots(figsize=(5.4, 3.2))
+    for name, curve in curves.items():
+        ax.plot(curve.epoch, curve.success, marker="o", markersize=3, color=MODEL_COLORS.get(name),
+                label=MODEL_LABELS.get(name, name))
+    ax.set_xlabel("epoch (0: before the first update)")
+    ax.set_ylabel("targeted success of the final UAP (%)")
+    ax.set_ylim(-3, 103)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def uap_transfer_bars(transfer: pd.DataFrame):
+    """Figure 5(b): DR of fine-tuned and standard models under the pre-trained model's UAP."""
+    grid = sns.catplot(data=transfer, x="dataset", y="dr", hue="model", col="perturbation", kind="bar",
+                       palette=MODEL_COLORS, height=3.0, aspect=1.2,
+                       hue_order=[m for m in MODEL_ORDER if m in set(transfer["model"])])
+    grid.set_axis_labels("", "DR (%)")
+    for ax in grid.axes.flat:
+        ax.set_ylim(0, 100)
+        ax.tick_params(axis="x", labelsize=8)
+    return grid.figure
+
+
+def uap_panel(image: torch.Tensor, uap, alone: dict, gradient: torch.Tensor, perturbed_pred: str,
+              clean_pred: str, title: str = ""):
+    """One model and target: an image, the image with the UAP, the UAP (stretched), the UAP
+    alone as the model sees it with its prediction, and the gradient map."""
+    from .uap import apply_perturbation, perturbation_image
+
+    panels = [(image, f"image: {clean_pred}"),
+              (apply_perturbation(image[None], uap.delta)[0], f"with UAP: {perturbed_pred}"),
+              (perturbation_image(uap.delta, "rescaled")[0], "UAP (stretched)"),
+              (alone["image"], f"UAP alone: {alone['pred_name']} ({alone['confidence']:.0%})"),
+              (gradient, "gradient to target")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.7 * len(panels), 2.1))
+    for ax, (img, text) in zip(axes, panels):
+        ax.imshow(to_numpy_image(img), interpolation="nearest")
+        ax.set_title(text, fontsize=7)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

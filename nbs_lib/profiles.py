@@ -47,6 +47,7 @@ class Profile:
     datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
     num_workers: int = 0
     similarity_images: int = 1000  # images the layer-similarity measures (CCA, CKA) are computed on
+    uap_steps: int = 200  # generator updates per universal adversarial perturbation
     extra: dict = field(default_factory=dict)
 
     def replace(self, **overrides) -> "Profile":
@@ -77,6 +78,7 @@ PROFILES: dict[str, Profile] = {
         lr_grid_f=(3e-4,),
         lr_grid_g=(3e-3,),
         similarity_images=96,
+        uap_steps=4,
     ),
     "mini": Profile(
         name="mini",
@@ -116,6 +118,7 @@ PROFILES: dict[str, Profile] = {
         datasets=("pets", "nico", "flowers", "cars", "food", "cifar10", "alphabet"),
         num_workers=8,
         similarity_images=5000,
+        uap_steps=1000,
     ),
 }
 

@@ -98,15 +98,16 @@ def uap_table(models: dict[str, TrainedModel], uaps: dict, test_images, test_lab
 
 
 def gradient_maps(models: dict[str, TrainedModel], images: torch.Tensor, labels: torch.Tensor, targets,
-                  device="auto") -> dict[tuple[str, int], dict]:
-    """Figure 4(b): mean input gradient towards each target over images of other classes.
+                  device="auto", max_images: int = 128) -> dict[tuple[str, int], dict]:
+    """Figure 4(b): mean input gradient towards each target over (at most ``max_images``)
+    images of other classes.
 
     ``{(model, target): {"image": display image in [0, 1], "alignment": with the template}}``.
     """
     out = {}
     for name, trained in models.items():
         for target in targets:
-            others = images[labels != target]
+            others = images[labels != target][:max_images]
             grad = input_gradient(trained.model, others, int(target), device=device)[0]
             out[(name, int(target))] = {
                 "image": gradient_image(grad),

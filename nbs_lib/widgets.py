@@ -9,6 +9,7 @@ Jupyter and in the built book.
 from __future__ import annotations
 
 import ipywidgets as W
+import torch
 
 from .plots import example_grid, figure_png
 
@@ -73,3 +74,27 @@ def adversarial_explorer(models: dict, samples: dict, eps_list, attack_name: str
         by_dataset.setdefault(dataset, {})[regime] = linked_selector(eps_panels, "epsilon", "slider")
     return linked_selector({d: linked_selector(m, "model", "toggle") for d, m in by_dataset.items()},
                            "dataset", "toggle")
+
+
+def uap_explorer(models: dict, uaps: dict, grads: dict, image: torch.Tensor, classes,
+                 device="auto") -> W.VBox:
+    """Pick a target class, then a model: its UAP on an image, alone, and its gradient map.
+
+    ``models`` maps a model name to a trained model, ``uaps`` and ``grads`` map
+    ``(name, target)`` to a :class:`nbs_lib.uap.UAPResult` and a gradient entry
+    (:func:`nbs_lib.uap_probe.gradient_maps`). Panels are pre-rendered (static-safe).
+    """
+    from .plots import uap_panel
+    from .uap import perturbation_alone, predictions
+
+    by_target: dict = {}
+    for (name, target), uap in uaps.items():
+        model = getattr(models[name], "model", models[name])
+        alone = perturbation_alone(model, uap.delta, classes, target, device=device)
+        clean = classes[int(predictions(model, image[None], None, device=device)[0])]
+        perturbed = classes[int(predictions(model, image[None], uap.delta, device=device)[0])]
+        fig = uap_panel(image, uap, alone, grads[(name, target)]["image"], perturbed, clean,
+                        f"{name}, target {classes[target]}")
+        by_target.setdefault(classes[target], {})[name] = png_widget(fig)
+    return linked_selector({t: linked_selector(m, "model", "toggle") for t, m in by_target.items()},
+                           "target", "toggle")
