@@ -212,9 +212,13 @@ def load_dataset(
     ``seed`` chooses the per-class subset (and, for ``alphabet`` and the generated
     sets, the images).
     """
+    base, variant = split_variant(name)
+    if variant is not None:
+        return _variant(load_dataset(base, split, profile, root, download, seed), variant, name)
     if name not in available_datasets():
         known = ", ".join(available_datasets())
-        raise ValueError(f"Unknown dataset {name!r}. Known datasets: {known}.")
+        raise ValueError(f"Unknown dataset {name!r}. Known datasets: {known} (each also as "
+                         f"'<name>-<variant>' with a variant of {list(VARIANTS)}).")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for dataset {name!r}: use 'train' or 'test'.")
     prof = get_profile(profile)
@@ -230,6 +234,43 @@ def load_dataset(
     # At paper scale the natural-image sets are used whole, as in the paper.
     cap = None if prof.name == "paper" else per_class
     return _load_torchvision(name, split, prof.image_size, data_root(root), download, cap, seed)
+
+
+# ---------------------------------------------------------------------------
+# Variants: "<dataset>-<variant>", the same images transformed
+# ---------------------------------------------------------------------------
+
+
+def thumbnail(images: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """Images reduced ``factor`` times by area averaging and enlarged back (bilinear).
+
+    The same content with its fine detail removed, as CIFAR-10's 32x32 thumbnails are
+    to ImageNet photographs: the semantically poorer twin of a source dataset
+    (paper section "Factors Influencing Robustness of Fine-tuned Model", Table 4).
+    """
+    size = images.shape[-2:]
+    small = F.interpolate(images, scale_factor=1 / factor, mode="area")
+    return F.interpolate(small, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+VARIANTS = {"lowres": thumbnail}
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """``"alphabet-lowres"`` -> ``("alphabet", "lowres")``; a plain name -> ``(name, None)``."""
+    base, sep, variant = name.rpartition("-")
+    if not sep or base not in available_datasets():
+        return name, None
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r} of {base!r}; the variants are {list(VARIANTS)}.")
+    return base, variant
+
+
+def _variant(ds: LabeledImages, variant: str, name: str) -> LabeledImages:
+    if ds.images is None:
+        raise ValueError(f"The {variant!r} variant needs an in-memory dataset; {ds.name!r} is "
+                         "loaded lazily at this profile. Use a smaller profile.")
+    return LabeledImages(name, ds.split, ds.classes, ds.labels, images=VARIANTS[variant](ds.images))
 
 
 def balanced_indices(

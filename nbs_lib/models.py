@@ -316,6 +316,9 @@ def build_resnet(arch: str, num_classes: int, weights: str | None, bn_momentum: 
     net = getattr(torchvision.models, arch)(weights=None)
     if weights is not None:
         state = _torchvision_imagenet_state(arch) if weights == "imagenet" else _read_state_dict(Path(weights))
+        if "fc.weight" in state and state["fc.weight"].shape != net.fc.weight.shape:
+            # a source model pre-trained here on a task with another number of classes
+            net.fc = nn.Linear(net.fc.in_features, state["fc.weight"].shape[0])
         net.load_state_dict(state)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -327,6 +330,26 @@ def build_resnet(arch: str, num_classes: int, weights: str | None, bn_momentum: 
     if num_classes == net.fc.out_features and weights is not None:
         model.classifier[1].load_state_dict(net.fc.state_dict())
     return model
+
+
+def torchvision_resnet_state(model: SplitClassifier) -> dict:
+    """A ResNet :class:`SplitClassifier`'s weights under torchvision's key names.
+
+    The format ``load_model(arch, weights=<file>)`` reads (like torchvision's and
+    MadryLab's checkpoints), so a source model pre-trained here can be fine-tuned with
+    ``weights=`` a file (:func:`nbs_lib.pretrain.source_weights_file`).
+    """
+    if not model.arch.startswith(("resnet", "wide_resnet")):
+        raise ValueError(f"torchvision_resnet_state needs a ResNet; got {model.arch!r}")
+    renames = {"features.stem.0.": "conv1.", "features.stem.1.": "bn1.", "classifier.1.": "fc.",
+               **{f"features.stages.{i}.": f"layer{i + 1}." for i in range(4)}}
+    out = {}
+    for key, value in model.state_dict().items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                out[new + key[len(old):]] = value.detach().cpu().clone()
+                break
+    return out
 
 
 # ----------------------------------------------------------------------------------

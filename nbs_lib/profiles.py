@@ -47,7 +47,11 @@ class Profile:
     datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
     num_workers: int = 0
     similarity_images: int = 1000  # images the layer-similarity measures (CCA, CKA) are computed on
-    uap_steps: int = 200  # generator updates per universal adversarial perturbation
+    uap_steps: int = 150  # generator updates per universal adversarial perturbation
+    source_arch: str = "resnet18"  # backbone of the source models pre-trained here (chapters 5-7)
+    source_image_size: int = 32  # their image size (and that of the targets fine-tuned from them)
+    source_per_class: int = 200  # training images per class of a source dataset
+    source_epochs: int = 20  # epochs of source pre-training
     extra: dict = field(default_factory=dict)
 
     def replace(self, **overrides) -> "Profile":
@@ -79,6 +83,8 @@ PROFILES: dict[str, Profile] = {
         lr_grid_g=(3e-3,),
         similarity_images=96,
         uap_steps=4,
+        source_per_class=12,
+        source_epochs=1,
     ),
     "mini": Profile(
         name="mini",
@@ -119,6 +125,9 @@ PROFILES: dict[str, Profile] = {
         num_workers=8,
         similarity_images=5000,
         uap_steps=1000,
+        source_image_size=224,
+        source_per_class=1300,
+        source_epochs=90,
     ),
 }
 

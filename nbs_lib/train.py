@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .attacks import attack_mode, parse_attack, pgd
 from .data import LabeledImages, load_dataset, train_val_split
 from .models import SplitClassifier, load_model
 from .profiles import Profile, autocast as _autocast, get_profile, resolve_device
@@ -61,6 +62,7 @@ class TrainConfig:
     min_lr: float = 1e-6
     augment: str = "none"
     seed: int = 0
+    adversarial: str | None = None  # PGD adversarial training (Madry et al. 2018), e.g. "PGD-7#8"
 
     def __post_init__(self):
         if self.regime not in REGIMES:
@@ -71,6 +73,36 @@ class TrainConfig:
             raise ValueError("optimizer must be 'adam' or 'sgd'")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
+        if self.adversarial is not None:
+            spec = parse_attack(self.adversarial)
+            if spec.name != "PGD":
+                raise ValueError(f"adversarial training needs a PGD spec such as 'PGD-7#8'; got {spec}")
+
+
+# Fields added to TrainConfig after models were cached: left out of a run's cache key
+# while they hold their default, so adding them did not invalidate the trained models.
+_LATER_FIELDS = {"adversarial": None}
+
+
+def config_key(config: TrainConfig) -> dict:
+    """``config`` as the dict that enters a run-cache key (see :data:`_LATER_FIELDS`)."""
+    return {k: v for k, v in dataclasses.asdict(config).items()
+            if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+
+
+def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: str,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time adversarial examples (Madry et al. 2018): PGD from a random start.
+
+    The inner maximisation of adversarial training: ``k`` steps of size
+    ``2.5 * eps / k`` (Madry et al.'s rule, so the iterate can cross the ball) from a
+    uniform random point in the eps-ball, the model in eval mode with frozen weights
+    (BatchNorm statistics are not updated by the attack's forward passes).
+    """
+    s = parse_attack(spec)
+    with attack_mode(model):
+        return pgd(model, x, y, s.eps, s.steps, step_size=2.5 * s.eps / s.steps, norm=s.norm,
+                   random_start=True, generator=generator)
 
 
 # ----------------------------------------------------------------------------------
@@ -268,7 +300,7 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
 
     data = device_data(train, device)
     labels = train.labels.to(device)
-    frozen_embeddings = config.regime == "partial" and config.augment == "none"
+    frozen_embeddings = config.regime == "partial" and config.augment == "none" and not config.adversarial
     if frozen_embeddings:
         data = _embed(model.features, data, labels, device, 256, amp, num_workers)
     head = model.classifier if frozen_embeddings else model
@@ -285,6 +317,8 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         for x, y in input_batches(data, labels, config.batch_size, device, True, generator, num_workers):
             if not frozen_embeddings:
                 x = augment_batch(x, config.augment, generator)
+            if config.adversarial:
+                x = adversarial_batch(model, x, y, config.adversarial, generator)
             with _autocast(device, amp):
                 logits = head(x)
                 loss = F.cross_entropy(logits.float(), y)
@@ -372,8 +406,11 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
                 weights: str | Path | None = "imagenet", seed: int = 0, device="auto",
                 lr_f: float | None = None, lr_g: float | None = None, epochs: int | None = None,
                 augment: str | None = None, cache: RunCache | None = None,
-                progress: bool = True) -> TrainedModel:
+                progress: bool = True, adversarial: str | None = None) -> TrainedModel:
     """Train (or load from the run cache) the paper's ``regime`` model of ``dataset``.
+
+    ``adversarial`` (a PGD spec such as ``"PGD-7#8"``) trains on adversarial examples
+    (:func:`adversarial_batch`) instead of clean ones.
 
     The standard model ignores ``weights`` (random initialisation). When ``lr_f``/``lr_g``
     are not given, every candidate of the profile's grid is trained on the training
@@ -390,7 +427,8 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
     for cand_f, cand_g in _candidate_lrs(regime, profile, lr_f, lr_g):
         config = TrainConfig(regime=regime, epochs=epochs or epochs_for(regime, profile, len(train_set)),
                              batch_size=profile.batch_size, lr_f=cand_f, lr_g=cand_g,
-                             augment=augmentation_for(dataset, augment or profile.augment), seed=seed)
+                             augment=augmentation_for(dataset, augment or profile.augment), seed=seed,
+                             adversarial=adversarial)
         trained = _train_cached(dataset, arch, None if regime == "standard" else weights,
                                 len(train_full.classes), train_set, val_set, config, profile,
                                 device, cache, progress)
@@ -411,7 +449,7 @@ def model_config(dataset: str, arch: str, weights, num_classes: int, config: Tra
     return {
         "kind": "target_model", "code_version": TRAIN_CODE_VERSION, "dataset": dataset,
         "arch": arch, "weights": weights_id(weights), "num_classes": num_classes,
-        "train": dataclasses.asdict(config), "image_size": profile.image_size,
+        "train": config_key(config), "image_size": profile.image_size,
         "train_per_class": profile.train_per_class, "val_fraction": profile.val_fraction,
         "train_data": train_set.fingerprint(), "val_data": val_set.fingerprint(),
         "bn_momentum": 0.1,

@@ -379,3 +379,17 @@ def test_natural_photo_sample_folder_errors(tmp_path):
     assert str(tmp_path) in str(err.value) and "ImageNet" in str(err.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data.natural_photo_sample(3, 16, folder=tmp_path / "missing")
+
+
+def test_lowres_variant_keeps_labels_and_removes_detail():
+    from nbs_lib.data import load_dataset
+    plain = load_dataset("alphabet", "train", "smoke")
+    low = load_dataset("alphabet-lowres", "train", "smoke")
+    assert torch.equal(plain.labels, low.labels) and low.images.shape == plain.images.shape
+    assert low.name == "alphabet-lowres" and low.fingerprint() != plain.fingerprint()
+    # detail (neighbouring-pixel differences) is much smaller, the mean brightness is kept
+    detail = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean()
+    assert detail(low.images) < 0.6 * detail(plain.images)
+    assert abs(low.images.mean() - plain.images.mean()) < 0.02
+    with pytest.raises(ValueError, match="variant"):
+        load_dataset("alphabet-blurry", "train", "smoke")

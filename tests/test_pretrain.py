@@ -1,0 +1,35 @@
+import torch
+
+from nbs_lib.models import load_model
+from nbs_lib.pretrain import finetune_from_source, pretrain_source, source_table
+from nbs_lib.profiles import get_profile
+from nbs_lib.runs import RunCache
+from nbs_lib.train import TrainConfig, config_key
+
+
+def test_old_cache_keys_survive_the_adversarial_field():
+    key = config_key(TrainConfig("full", 2, 16, 1e-4, 1e-3))
+    assert "adversarial" not in key
+    assert config_key(TrainConfig("standard", 2, 16, 0, 1e-3, adversarial="PGD-3#8"))["adversarial"] == "PGD-3#8"
+
+
+def test_adversarial_pretraining_is_more_robust_and_transfers(tmp_path, one_thread):
+    cache = RunCache(tmp_path)
+    prof = get_profile("smoke", source_epochs=5, source_per_class=20, source_image_size=16,
+                       attack_samples=60, test_per_class=6)
+    kwargs = dict(evaluate_with="PGD-10#8.0", device="cpu", cache=cache, progress=False)
+    standard = pretrain_source("digits", prof, None, **kwargs)
+    robust = pretrain_source("digits", prof, "PGD-3#8", **kwargs)
+    table = source_table([standard, robust])
+    assert (table.test_acc > 40).all()  # both learned (chance is 10)
+    assert robust.robust_accuracy > standard.robust_accuracy + 10
+    # the exported weights load as the backbone of a new model with another head
+    model = load_model("resnet18", weights=standard.weights, num_classes=3)
+    ref = standard.trained.model.eval()
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(model.eval().features(x), ref.features(x), atol=1e-6)
+    again = pretrain_source("digits", prof, "PGD-3#8", **kwargs)  # cached
+    assert again.weights == robust.weights and again.robust_accuracy == robust.robust_accuracy
+    result, models = finetune_from_source(["mnist"], robust, prof.replace(source_image_size=16),
+                                          device="cpu", cache=cache, progress=False)
+    assert result.source.iloc[0] == "digits (AT PGD-3#8)" and set(models) == {("mnist", "full")}
