@@ -15,6 +15,8 @@ treatment (standard and fully fine-tuned models, DR under PGD-10#0.5) through
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import scipy.stats
@@ -122,10 +124,12 @@ def correlations(frame: pd.DataFrame, x: str = "mmd", y: str = "dr", n_boot: int
     for name, fn in (("Spearman", scipy.stats.spearmanr), ("Pearson", scipy.stats.pearsonr)):
         result = fn(xs, ys) if np.ptp(xs) > 0 and np.ptp(ys) > 0 else (np.nan, np.nan)  # constant: undefined
         boot = []
-        for _ in range(n_boot):
-            idx = rng.integers(0, len(xs), len(xs))
-            if np.ptp(xs[idx]) > 0 and np.ptp(ys[idx]) > 0:
-                boot.append(fn(xs[idx], ys[idx])[0])
+        with warnings.catch_warnings():  # resamples with few distinct points are expected
+            warnings.simplefilter("ignore", scipy.stats.NearConstantInputWarning)
+            for _ in range(n_boot):
+                idx = rng.integers(0, len(xs), len(xs))
+                if np.ptp(xs[idx]) > 0 and np.ptp(ys[idx]) > 0:
+                    boot.append(fn(xs[idx], ys[idx])[0])
         low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if boot else (np.nan, np.nan)
         rows.append({"correlation": name, "r": float(result[0]), "p_value": float(result[1]),
                      "ci_low": float(low), "ci_high": float(high), "n_datasets": len(xs),
