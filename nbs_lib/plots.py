@@ -250,3 +250,21 @@ def uap_panel(image: torch.Tensor, uap, alone: dict, gradient: torch.Tensor, per
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def dr_vs_size(ours: pd.DataFrame, paper: pd.DataFrame):
+    """Table 3 as a figure: mean DR (and AOI) against backbone size, ours beside the paper's."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.1))
+    mean = ours.groupby("backbone", sort=False)[["size_mb", "aoi", "dr"]].mean()
+    for ax, metric in zip(axes, ("dr", "aoi")):
+        ax.plot(mean.size_mb, mean[metric], marker="o", color=MODEL_COLORS["full"], label="this book")
+        ax.plot(paper.size_mb, paper[metric], marker="s", color="grey", linestyle="--", label="paper")
+        for name, row in mean.iterrows():
+            ax.annotate(name.replace("efficientnet_", ""), (row.size_mb, row[metric]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.set_xlabel("backbone size (MB, log scale)")
+        ax.set_ylabel(f"mean {metric.upper()} of the fine-tuned models (%)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
