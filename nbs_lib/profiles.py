@@ -47,7 +47,7 @@ class Profile:
     datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
     num_workers: int = 0
     similarity_images: int = 1000  # images the layer-similarity measures (CCA, CKA) are computed on
-    uap_steps: int = 150  # generator updates per universal adversarial perturbation
+    uap_steps: int = 300  # generator updates per universal adversarial perturbation
     source_arch: str = "resnet18"  # backbone of the source models pre-trained here (chapters 5-7)
     source_image_size: int = 32  # their image size (and that of the targets fine-tuned from them)
     source_per_class: int = 200  # training images per class of a source dataset

@@ -31,7 +31,8 @@ from .robustness import attack_sample, sample_id
 from .runs import RunCache
 from .train import TrainConfig, TrainedModel, fit
 from .uap import (UAPResult, accuracy_under_perturbation, gradient_image, input_gradient,
-                  perturbation_alone, targeted_success_rate, uap_cached, uap_eps)
+                  perturbation_alone, predictions, targeted_success_rate, uap_cached, uap_eps,
+                  universal_pgd)
 
 PROBE_CODE_VERSION = 1
 
@@ -77,20 +78,27 @@ def letter_uaps(models: dict[str, TrainedModel], images: torch.Tensor, targets, 
 
 
 def uap_table(models: dict[str, TrainedModel], uaps: dict, test_images, test_labels, classes,
-              template_images, template_labels, device="auto") -> pd.DataFrame:
-    """Per model and target: success rate on test images (without and with the UAP), the
-    prediction on the UAP alone with its confidence, and the UAP's semantic alignment."""
+              template_images, template_labels, device="auto", reference_steps: int = 100) -> pd.DataFrame:
+    """Per model and target: success rate on test images (without and with the UAP, and with
+    the direct universal-PGD reference of the same budget fitted on the same images), the
+    prediction on the UAP alone with its confidence beside the prediction on the plain grey
+    canvas, and the UAP's semantic alignment."""
     rows = []
     for (name, target), uap in uaps.items():
         model = models[name].model
         alone = perturbation_alone(model, uap.delta, classes, target, device=device)
+        grey = predictions(model, torch.full((1, *uap.delta.shape[1:]), 0.5), device=device)[0]
         template = class_template(template_images, template_labels, target)
+        reference = universal_pgd(model, template_images, target, uap.eps, reference_steps, device=device)
         rows.append({
             "model": name, "target": classes[target],
             "success_no_uap": targeted_success_rate(model, test_images, None, target, test_labels,
                                                     device=device),
             "success": targeted_success_rate(model, test_images, uap.delta, target, test_labels,
                                              device=device),
+            "success_reference": targeted_success_rate(model, test_images, reference, target,
+                                                       test_labels, device=device),
+            "grey_prediction": classes[int(grey)],
             "alone_prediction": alone["pred_name"], "alone_confidence": 100 * alone["confidence"],
             "alone_target_confidence": 100 * alone["target_confidence"],
             "alignment": semantic_alignment(uap.delta[0], template)})

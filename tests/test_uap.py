@@ -380,3 +380,13 @@ def test_input_gradient_points_to_the_target_and_leaves_weights_alone():
         assert img.max() > 0.5  # scaled, not squashed to a flat grey
     assert gradient_image(g[0]).shape == (3, 32, 32)
     assert gradient_image(torch.zeros(3, 4, 4)).eq(0.5).all()
+
+
+def test_universal_pgd_reference_stays_in_bound_and_drives_to_the_target(squares_model):
+    from nbs_lib.uap import universal_pgd
+    model, train, test = squares_model
+    delta = universal_pgd(model, train.images, 0, eps=32, steps=30, batch_size=16, device="cpu")
+    assert delta.abs().max() <= 32 / 255 + 1e-6
+    before = targeted_success_rate(model, test.images, None, 0, test.labels, device="cpu")
+    after = targeted_success_rate(model, test.images, delta, 0, test.labels, device="cpu")
+    assert after > before + 30, (before, after)
