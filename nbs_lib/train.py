@@ -14,6 +14,29 @@ Settings*):
   smaller) learning rate ``lr_f``, g with ``lr_g``; BatchNorm statistics adapt to the
   target (momentum 0.1, see :func:`nbs_lib.models.load_model`).
 
+Defences of the section "Robust ImageNet Pre-training" (Table 5), each a configuration
+of the same ``fit`` (``weights`` is what :func:`train_model` fine-tunes from):
+
+* *AT@stage-1*: regime ``full`` from an adversarially pre-trained source (``weights=``
+  its file, :func:`nbs_lib.pretrain.pretrain_source`).
+* *AT@stage-2*: regime ``full`` from a standard source with PGD adversarial training
+  during fine-tuning (``adversarial="PGD-k#eps"``, :func:`adversarial_batch`).
+* *AT@stage-1&2*: both.
+* *KD@stage-2*: feature distillation as a defence at fine-tuning (Shafahi et al. 2020,
+  "Adversarially robust transfer learning", their LwF-style feature-distance penalty).
+  Our reading: the student is initialised from the *standard* source; a frozen teacher
+  f_T, the adversarially pre-trained source's feature extractor (``teacher=`` its
+  weights file), supplies target features, and the loss is
+  ``CE + distill_weight * mean_batch ||f(x) - f_T(x)||_2^2 / embedding_dim``, so the
+  robustness of the source is distilled at stage 2 only.
+* *DM@stage-1&2* (Discrepancy Mitigating, eq. 5): regime ``full`` from the
+  adversarially pre-trained source with the loss
+  ``CE + lipschitz_weight * mean_batch ||f(x) - f(x')||_1 / ||x - x'||_inf``, x' the
+  inner max of eq. 4 over the L-inf ball of radius ``lipschitz_eps``/255 found by PGD
+  (:func:`nbs_lib.similarity.lipschitz.lipschitz_pgd`, ``lipschitz_steps`` steps, model
+  in eval mode). See :func:`lipschitz_batch` for how ``lipschitz_weight`` relates to
+  the paper's lambda = 500.
+
 Optimiser Adam with a cosine schedule down to ``min_lr`` per step, as in the authors'
 released fine-tuning script. Learning rates are chosen on a validation split held out
 from the training set (:func:`train_model`), not on the test set as the paper did.
@@ -42,6 +65,7 @@ from .data import LabeledImages, load_dataset, train_val_split
 from .models import SplitClassifier, load_model
 from .profiles import Profile, autocast as _autocast, get_profile, resolve_device
 from .runs import RunCache
+from .similarity.lipschitz import lipschitz_pgd, lipschitz_ratio
 
 REGIMES = ("standard", "partial", "full")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
@@ -63,6 +87,11 @@ class TrainConfig:
     augment: str = "none"
     seed: int = 0
     adversarial: str | None = None  # PGD adversarial training (Madry et al. 2018), e.g. "PGD-7#8"
+    distill_weight: float = 0.0  # KD@stage-2: weight of the feature distance to ``teacher``
+    teacher: str | None = None  # KD@stage-2: weights file of the teacher's f (the robust source)
+    lipschitz_weight: float = 0.0  # DM (eq. 5): lambda on the LL term; 0 switches DM off
+    lipschitz_eps: float = 0.5  # DM: radius of the LL ball in the paper's units (/255)
+    lipschitz_steps: int = 10  # DM: PGD steps of the LL inner max
 
     def __post_init__(self):
         if self.regime not in REGIMES:
@@ -77,11 +106,41 @@ class TrainConfig:
             spec = parse_attack(self.adversarial)
             if spec.name != "PGD":
                 raise ValueError(f"adversarial training needs a PGD spec such as 'PGD-7#8'; got {spec}")
+        for name in ("distill_weight", "lipschitz_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0 (0 switches it off); got {value!r}")
+        if self.teacher is not None:
+            object.__setattr__(self, "teacher", str(self.teacher))
+            if self.distill_weight == 0:
+                raise ValueError("teacher is only used by feature distillation: set distill_weight > 0, "
+                                 "or leave teacher=None.")
+            if self.teacher != "imagenet" and not Path(self.teacher).is_file():
+                raise ValueError(f"teacher={self.teacher!r} is not an existing weights file; pass the file "
+                                 "of the adversarially pre-trained source (SourceModel.weights).")
+        elif self.distill_weight > 0:
+            raise ValueError("distill_weight > 0 needs a teacher: pass teacher=<weights file of the "
+                             "adversarially pre-trained source> (SourceModel.weights).")
+        if not isinstance(self.lipschitz_eps, (int, float)) or not 0 < self.lipschitz_eps <= 255:
+            raise ValueError(f"lipschitz_eps is in the paper's units of 1/255 and must be in (0, 255] "
+                             f"(0.5 means 0.5/255); got {self.lipschitz_eps!r}")
+        if isinstance(self.lipschitz_steps, bool) or int(self.lipschitz_steps) != self.lipschitz_steps \
+                or self.lipschitz_steps < 1:
+            raise ValueError(f"lipschitz_steps must be a positive integer; got {self.lipschitz_steps!r}")
+        if self.regime == "partial" and (self.distill_weight > 0 or self.lipschitz_weight > 0):
+            raise ValueError("feature distillation and DM regularise f, which partial fine-tuning freezes: "
+                             "use regime='full' (or 'standard').")
+
+    @property
+    def regularised(self) -> bool:
+        """Whether the loss has a term on f's features (KD or DM) besides the cross-entropy."""
+        return self.distill_weight > 0 or self.lipschitz_weight > 0
 
 
 # Fields added to TrainConfig after models were cached: left out of a run's cache key
 # while they hold their default, so adding them did not invalidate the trained models.
-_LATER_FIELDS = {"adversarial": None}
+_LATER_FIELDS = {"adversarial": None, "distill_weight": 0.0, "teacher": None,
+                 "lipschitz_weight": 0.0, "lipschitz_eps": 0.5, "lipschitz_steps": 10}
 
 
 def config_key(config: TrainConfig) -> dict:
@@ -103,6 +162,46 @@ def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: 
     with attack_mode(model):
         return pgd(model, x, y, s.eps, s.steps, step_size=2.5 * s.eps / s.steps, norm=s.norm,
                    random_start=True, generator=generator)
+
+
+def lipschitz_batch(model: SplitClassifier, x: torch.Tensor, config: TrainConfig,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The inner max of DM (eq. 5): x' in the ball of radius ``lipschitz_eps``/255 around x.
+
+    PGD on the LL ratio ``||f(x) - f(x')||_1 / ||x - x'||_inf`` of eq. 4
+    (:func:`nbs_lib.similarity.lipschitz.lipschitz_pgd`: ``lipschitz_steps`` signed steps
+    of ``1.25 * eps / steps`` from ``x + 0.001 * U(-1, 1)``, as in the authors' DM code),
+    f in eval mode with frozen weights like :func:`adversarial_batch`, float32. The
+    outer term, with gradient to the weights, is then
+    ``lipschitz_weight * mean ||f(x) - f(x')||_1 / ||x - x'||_inf`` in train mode.
+
+    Scale of ``lipschitz_weight`` (lambda): the paper sets lambda = 500 for the authors'
+    own normalisation, a TRADES-like term on the feature distance itself (beta 500 in
+    their code). Our term is eq. 4's ratio, which divides that distance by
+    ``||x - x'||_inf``, about eps (0.5/255 = 0.002 on the [0, 1] scale): it is ~1/eps
+    times the feature distance, so a lambda comparable to theirs is ~500 * eps
+    (~1 at eps = 0.5/255). ``||.||_1`` sums over all ``embedding_dim`` entries (512 for
+    ResNet-18); if their distance was a mean over the embedding rather than a sum,
+    divide by a further ``embedding_dim``.
+    """
+    with attack_mode(model):
+        x_adv, _ = lipschitz_pgd(model.features, x, config.lipschitz_eps / 255.0, config.lipschitz_steps,
+                                 generator=generator, amp=False)
+    return x_adv
+
+
+def load_teacher(model: SplitClassifier, config: TrainConfig, device: torch.device) -> nn.Module:
+    """KD@stage-2's frozen teacher: f of ``config.teacher`` (same architecture), eval mode, on ``device``."""
+    teacher = load_model(model.arch, weights=config.teacher, num_classes=model.num_classes, seed=None)
+    if teacher.embedding_dim != model.embedding_dim:
+        raise ValueError(f"the teacher's embedding has {teacher.embedding_dim} entries, the student's "
+                         f"{model.embedding_dim}: distil from a source of the same architecture.")
+    features = teacher.features.to(device).eval()
+    if device.type == "cuda":
+        features.to(memory_format=torch.channels_last)
+    for p in features.parameters():
+        p.requires_grad_(False)
+    return features
 
 
 # ----------------------------------------------------------------------------------
@@ -285,6 +384,15 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
     if given, is called after every optimizer step with the global step number (1-based,
     counted across epochs, continuing after a resume), e.g. to snapshot the model
     (:func:`nbs_lib.uap.snapshot_every`).
+
+    With ``config.distill_weight > 0`` (KD@stage-2) rows also have ``distill_loss`` (the
+    mean ``||f(x) - f_T(x)||_2^2 / embedding_dim``); with ``config.lipschitz_weight > 0``
+    (DM) they have ``lipschitz`` (the mean LL ratio of the training batches, train mode);
+    ``train_loss`` is then the whole objective, cross-entropy plus the weighted terms.
+    Both terms are computed on the training batch as it enters the model (augmented,
+    adversarial when ``config.adversarial`` is set). A DM step runs in float32 (no bf16
+    autocast: perturbations of 0.5/255 are near bf16's resolution), and feeds x and x'
+    through f as one batch, so both see the same BatchNorm batch statistics.
     """
     device = resolve_device(device)
     model = _prepare(model, config, device)
@@ -300,7 +408,11 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
 
     data = device_data(train, device)
     labels = train.labels.to(device)
-    frozen_embeddings = config.regime == "partial" and config.augment == "none" and not config.adversarial
+    frozen_embeddings = (config.regime == "partial" and config.augment == "none" and not config.adversarial
+                         and not config.regularised)
+    teacher = load_teacher(model, config, device) if config.distill_weight > 0 else None
+    dm = config.lipschitz_weight > 0
+    step_amp = amp and not dm
     if frozen_embeddings:
         data = _embed(model.features, data, labels, device, 256, amp, num_workers)
     head = model.classifier if frozen_embeddings else model
@@ -314,14 +426,34 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         _set_train_mode(model, config.regime)
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
+        total_kd = torch.zeros((), device=device)
+        total_ll = torch.zeros((), device=device)
         for x, y in input_batches(data, labels, config.batch_size, device, True, generator, num_workers):
             if not frozen_embeddings:
                 x = augment_batch(x, config.augment, generator)
             if config.adversarial:
                 x = adversarial_batch(model, x, y, config.adversarial, generator)
-            with _autocast(device, amp):
-                logits = head(x)
-                loss = F.cross_entropy(logits.float(), y)
+            x_lip = lipschitz_batch(model, x, config, generator) if dm else None
+            with _autocast(device, step_amp):
+                if not config.regularised:
+                    logits = head(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                else:
+                    feats = model.features(x if x_lip is None else torch.cat([x, x_lip]))
+                    if x_lip is not None:
+                        feats, feats_lip = feats[:len(x)], feats[len(x):]
+                    logits = model.classifier(feats)
+                    loss = F.cross_entropy(logits.float(), y)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            target = teacher(x).float()
+                        kd = F.mse_loss(feats.float(), target)  # mean ||f - f_T||^2 / embedding_dim
+                        loss = loss + config.distill_weight * kd
+                        total_kd += kd.detach() * len(y)
+                    if x_lip is not None:
+                        ll = lipschitz_ratio(feats, feats_lip, x, x_lip).mean()
+                        loss = loss + config.lipschitz_weight * ll
+                        total_ll += ll.detach() * len(y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -333,6 +465,10 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
             correct += (logits.argmax(1) == y).sum()
         row = {"epoch": epoch + 1, "train_loss": total_loss.item() / len(train),
                "train_acc": 100.0 * correct.item() / len(train)}
+        if teacher is not None:
+            row["distill_loss"] = total_kd.item() / len(train)
+        if dm:
+            row["lipschitz"] = total_ll.item() / len(train)
         if val is not None and len(val):
             row["val_acc"] = dataset_accuracy(model, val, device, num_workers=num_workers)
         history.append(row)
@@ -406,11 +542,16 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
                 weights: str | Path | None = "imagenet", seed: int = 0, device="auto",
                 lr_f: float | None = None, lr_g: float | None = None, epochs: int | None = None,
                 augment: str | None = None, cache: RunCache | None = None,
-                progress: bool = True, adversarial: str | None = None) -> TrainedModel:
+                progress: bool = True, adversarial: str | None = None, distill_weight: float = 0.0,
+                teacher: str | Path | None = None, lipschitz_weight: float = 0.0,
+                lipschitz_eps: float = 0.5, lipschitz_steps: int = 10) -> TrainedModel:
     """Train (or load from the run cache) the paper's ``regime`` model of ``dataset``.
 
     ``adversarial`` (a PGD spec such as ``"PGD-7#8"``) trains on adversarial examples
-    (:func:`adversarial_batch`) instead of clean ones.
+    (:func:`adversarial_batch`) instead of clean ones. ``distill_weight``/``teacher``
+    (KD@stage-2) and ``lipschitz_weight``/``lipschitz_eps``/``lipschitz_steps`` (DM,
+    eq. 5) are the :class:`TrainConfig` fields of the same names (see the module
+    docstring for Table 5's regimes).
 
     The standard model ignores ``weights`` (random initialisation). When ``lr_f``/``lr_g``
     are not given, every candidate of the profile's grid is trained on the training
@@ -428,7 +569,10 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
         config = TrainConfig(regime=regime, epochs=epochs or epochs_for(regime, profile, len(train_set)),
                              batch_size=profile.batch_size, lr_f=cand_f, lr_g=cand_g,
                              augment=augmentation_for(dataset, augment or profile.augment), seed=seed,
-                             adversarial=adversarial)
+                             adversarial=adversarial, distill_weight=distill_weight,
+                             teacher=None if teacher is None else str(teacher),
+                             lipschitz_weight=lipschitz_weight, lipschitz_eps=lipschitz_eps,
+                             lipschitz_steps=lipschitz_steps)
         trained = _train_cached(dataset, arch, None if regime == "standard" else weights,
                                 len(train_full.classes), train_set, val_set, config, profile,
                                 device, cache, progress)
@@ -444,12 +588,17 @@ def model_config(dataset: str, arch: str, weights, num_classes: int, config: Tra
     """Everything that determines a trained model: the run cache's key.
 
     The data enter by their content fingerprints, so a change in how a dataset is
-    generated or split retrains rather than reusing a model of the old data.
+    generated or split retrains rather than reusing a model of the old data. A KD
+    teacher enters by its content hash (:func:`weights_id`), not by its path, so
+    ``key["train"]["teacher"]`` is that id.
     """
+    train = config_key(config)
+    if config.teacher is not None:
+        train["teacher"] = weights_id(config.teacher)
     return {
         "kind": "target_model", "code_version": TRAIN_CODE_VERSION, "dataset": dataset,
         "arch": arch, "weights": weights_id(weights), "num_classes": num_classes,
-        "train": config_key(config), "image_size": profile.image_size,
+        "train": train, "image_size": profile.image_size,
         "train_per_class": profile.train_per_class, "val_fraction": profile.val_fraction,
         "train_data": train_set.fingerprint(), "val_data": val_set.fingerprint(),
         "bn_momentum": 0.1,

@@ -9,3 +9,4 @@
 
 from .cca import cca_similarity, canonical_correlations, linear_cka  # noqa: F401
 from .discrepancy import mmd, median_bandwidth, mmd_permutation_test  # noqa: F401
+from .lipschitz import local_lipschitz  # noqa: F401
