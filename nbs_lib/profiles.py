@@ -85,6 +85,7 @@ PROFILES: dict[str, Profile] = {
         uap_steps=4,
         source_per_class=12,
         source_epochs=1,
+        source_image_size=16,
     ),
     "mini": Profile(
         name="mini",

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from nbs_lib.mitigation import (METHODS, best_method, lambda_sweep, method_settings, method_study,
+                                steepness_table, table5_layout)
+from nbs_lib.pretrain import pretrain_source
+from nbs_lib.profiles import get_profile
+from nbs_lib.runs import RunCache
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    cache = RunCache(tmp_path_factory.mktemp("cache"))
+    prof = get_profile("smoke", source_image_size=16, min_steps=4)
+    kwargs = dict(device="cpu", cache=cache, progress=False)
+    return prof, cache, pretrain_source("digits", prof, None, **kwargs), \
+        pretrain_source("digits", prof, "PGD-2#8", **kwargs)
+
+
+def test_every_method_runs_and_the_table_has_the_papers_layout(sources):
+    prof, cache, standard, robust = sources
+    frame, models = method_study(["mnist"], standard, robust, prof, lipschitz_steps=1, device="cpu",
+                                 cache=cache, progress=False)
+    assert set(models) == {("mnist", m) for m in METHODS}
+    assert frame.method.tolist() == list(METHODS)
+    assert frame.lr_g.nunique() == 1  # every method reuses plain fine-tuning's learning rates
+    assert list(table5_layout(frame).index) == list(METHODS)
+    assert best_method(frame).loc["mnist", "most robust"] in METHODS
+    sweep = lambda_sweep("mnist", standard, robust, [0, 2.0], prof, lipschitz_steps=1, device="cpu",
+                         cache=cache, progress=False)
+    assert sweep.method.tolist() == ["AT@stage-1", "DM@stage-1&2"]
+
+
+def test_methods_start_from_the_right_source(sources):
+    _, _, standard, robust = sources
+    at1 = method_settings("AT@stage-1", standard, robust, "PGD-3#2", 1, 1, 2, 3)
+    kd = method_settings("KD@stage-2", standard, robust, "PGD-3#2", 1, 1, 2, 3)
+    assert at1 == {"weights": robust.weights}
+    assert kd["weights"] == standard.weights and kd["teacher"] == str(robust.weights)
+    with pytest.raises(ValueError, match="Unknown method"):
+        method_settings("TRADES", standard, robust, "PGD-3#2", 1, 1, 2, 3)
+
+
+class _Linear(torch.nn.Module):
+    """A feature extractor f(x) = scale * W x (flattened); its LL is scale times W's."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4, bias=False))
+        torch.nn.init.constant_(self.features[1].weight, 0.01 * scale)
+
+
+def test_steepness_table_scales_with_the_features():
+    images = torch.full((6, 3, 8, 8), 0.5)
+    table = steepness_table({"f": _Linear(1.0), "2f": _Linear(2.0)}, images, eps_255=2, steps=5,
+                            device="cpu").set_index("model")
+    assert table.loc["2f", "ll"] == pytest.approx(2 * table.loc["f", "ll"], rel=1e-4)
+    assert table.loc["f", "ll"] == pytest.approx(4 * 192 * 0.01, rel=1e-4)  # ||W||_1 of a 4 x 192 map
