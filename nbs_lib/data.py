@@ -291,6 +291,22 @@ def balanced_indices(
     return np.sort(np.concatenate(chosen))
 
 
+def balanced_sample(dataset: str, split: str, profile: str | Profile, seed: int = 0, n: int | None = None,
+                    per_class: int | None = None, salt: str | None = None):
+    """A class-balanced draw from a split: ``(images, labels, classes)``, images in memory.
+
+    Give ``n`` (rounded down to equal classes, at most the split) or ``per_class``. The
+    draw is :func:`balanced_indices` with ``salt`` (default: the split), so samples for
+    different purposes (attacks, similarity, MMD, UAPs) are independent but repeatable.
+    """
+    ds = load_dataset(dataset, split, profile, seed=seed)
+    if per_class is None:
+        per_class = max(1, min(n, len(ds)) // len(ds.classes))
+    sub = ds.subset(balanced_indices(ds.labels.numpy(), per_class, seed, salt or split))
+    images = sub.images if sub.images is not None else torch.stack([sub[i][0] for i in range(len(sub))])
+    return images, sub.labels, ds.classes
+
+
 def _entropy(seed: int) -> int:
     """A non-negative integer for NumPy's seeding from any int seed."""
     return int(seed) % 2**63

@@ -23,7 +23,7 @@ import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
-from .data import balanced_indices, load_dataset, natural_photo_sample
+from .data import balanced_sample, natural_photo_sample
 from .models import load_model
 from .profiles import Profile, get_profile, resolve_device
 from .robustness import TABLE1_ATTACK, robustness_study, sample_id
@@ -48,12 +48,7 @@ def embeddings(model, images: torch.Tensor, device="auto", batch_size: int = 256
 
 def target_images(dataset: str, profile: Profile, n: int, seed: int = 0) -> torch.Tensor:
     """A class-balanced draw of ``n`` training images of the target (its sample for the MMD)."""
-    train = load_dataset(dataset, "train", profile, seed=seed)
-    per_class = max(1, min(n, len(train)) // len(train.classes))
-    sub = train.subset(balanced_indices(train.labels.numpy(), per_class, seed, "mmd"))
-    if sub.images is not None:
-        return sub.images
-    return torch.stack([sub[i][0] for i in range(len(sub))])
+    return balanced_sample(dataset, "train", profile, seed, n, salt="mmd")[0]
 
 
 def source_target_mmd(source: torch.Tensor, target: torch.Tensor, bandwidth: float | None = None,

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import balanced_indices, load_dataset
+from .data import balanced_sample
 from .layers import LAYER_SETS, layer_matrices
 from .models import load_model
 from .profiles import Profile, get_profile
@@ -45,13 +45,8 @@ def similarity_images(dataset: str, profile: Profile, seed: int = 0, n: int | No
     The comparison needs many data points (at least as many as neurons for CCA), more
     than the test split holds at ``mini``; the training images serve, as in SVCCA.
     """
-    train = load_dataset(dataset, "train", profile, seed=seed)
-    n = min(n or profile.similarity_images, len(train))
-    per_class = max(1, n // len(train.classes))
-    sub = train.subset(balanced_indices(train.labels.numpy(), per_class, seed, "similarity"))
-    if sub.images is not None:
-        return sub.images
-    return torch.stack([sub[i][0] for i in range(len(sub))])
+    return balanced_sample(dataset, "train", profile, seed, n or profile.similarity_images,
+                           salt="similarity")[0]
 
 
 def compared_models(dataset: str, profile: Profile, arch: str, weights, seed: int, device,

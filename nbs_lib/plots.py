@@ -102,6 +102,18 @@ def accuracy_vs_epsilon(curves: pd.DataFrame):
     return grid.figure
 
 
+def _titled_images(fig, axes, panels, fontsize: int, title: str = ""):
+    """Draw ``(image, caption)`` pairs on ``axes`` without ticks, with an optional suptitle."""
+    for ax, (img, text) in zip(axes, panels):
+        ax.imshow(to_numpy_image(img), interpolation="nearest")
+        ax.set_title(text, fontsize=fontsize)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def adversarial_panel(example: dict, classes: list[str], title: str = ""):
     """Image, adversarial image, perturbation (amplified) and both predictions."""
     fig, axes = plt.subplots(1, 3, figsize=(6.3, 2.4))
@@ -113,14 +125,7 @@ def adversarial_panel(example: dict, classes: list[str], title: str = ""):
         (example["adversarial"], f"adversarial: {classes[example['adv_pred']]} ({example['adv_conf']:.0%})"),
         (shown, f"perturbation (x{0.5 / scale:.0f})" if scale > 0 else "no perturbation"),
     ]
-    for ax, (img, text) in zip(axes, panels):
-        ax.imshow(to_numpy_image(img), interpolation="nearest")
-        ax.set_title(text, fontsize=8)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _titled_images(fig, axes, panels, 8, title)
 
 
 # Figure 3 of the paper: blue (ft-pt), brick red (ft-st), dark gold (pt-st).
@@ -242,14 +247,7 @@ def uap_panel(image: torch.Tensor, uap, alone: dict, gradient: torch.Tensor, per
               (alone["image"], f"UAP alone: {alone['pred_name']} ({alone['confidence']:.0%})"),
               (gradient, "gradient to target")]
     fig, axes = plt.subplots(1, len(panels), figsize=(1.7 * len(panels), 2.1))
-    for ax, (img, text) in zip(axes, panels):
-        ax.imshow(to_numpy_image(img), interpolation="nearest")
-        ax.set_title(text, fontsize=7)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _titled_images(fig, axes, panels, 7, title)
 
 
 def dr_vs_size(ours: pd.DataFrame, paper: pd.DataFrame):

@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import balanced_indices, load_dataset, natural_photo_sample, train_val_split
+from .data import balanced_sample, load_dataset, natural_photo_sample, train_val_split
 from .models import load_model
-from .profiles import Profile, get_profile
+from .profiles import Profile
 from .robustness import attack_sample, sample_id
 from .runs import RunCache
 from .train import TrainConfig, TrainedModel, fit
@@ -39,9 +39,8 @@ PROBE_CODE_VERSION = 1
 
 def uap_training_images(dataset: str, profile: Profile, seed: int = 0, per_class: int = 20):
     """Training images the UAPs are fitted on (class-balanced); evaluation uses the test sample."""
-    train = load_dataset(dataset, "train", profile, seed=seed)
-    sub = train.subset(balanced_indices(train.labels.numpy(), per_class, seed, "uap"))
-    return sub.images, sub.labels
+    images, labels, _ = balanced_sample(dataset, "train", profile, seed, per_class=per_class, salt="uap")
+    return images, labels
 
 
 def class_template(images: torch.Tensor, labels: torch.Tensor, target: int) -> torch.Tensor:
