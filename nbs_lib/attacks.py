@@ -291,6 +291,7 @@ def pgd(
     generator: torch.Generator | None = None,
     amp: bool = False,
     amp_dtype: torch.dtype = torch.bfloat16,
+    targeted: bool = False,
 ) -> torch.Tensor:
     """Projected gradient descent on the cross-entropy (the paper's PGD-k, Tables 1-2).
 
@@ -310,6 +311,9 @@ def pgd(
     bf16 keeps 8 significant bits, so perturbations of 0.5/255 are close to its
     resolution after normalisation; compare against ``amp=False`` before trusting
     bf16 numbers at the paper's smallest eps. Works with channels_last inputs.
+
+    ``targeted=True`` reads ``y`` as target classes and *descends* the cross-entropy
+    towards them (the anti-robust datasets of chapter 7, after Ilyas et al. 2019).
     """
     eps = _check_eps(eps, norm)
     steps = int(steps)
@@ -346,6 +350,8 @@ def pgd(
 
         for _ in range(steps):
             grad = _input_grad(model, x_adv, y, cast)
+            if targeted:
+                grad.neg_()
             with torch.no_grad():
                 if norm == "Linf":
                     x_adv.add_(grad.sign_(), alpha=alpha).clamp_(lo, hi)

@@ -1,0 +1,137 @@
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nbs_lib.attacks import pgd
+from nbs_lib.data import LabeledImages
+from nbs_lib.models import load_model
+from nbs_lib.profiles import get_profile
+from nbs_lib.robust_transfer import (active_components, anti_robust_images, anti_robust_splits, curve_summary, derangement,
+                                     ladder_spec, pretrain_robustified, random_other_classes,
+                                     robustify_images, source_eps, source_ladder, standard_target_model,
+                                     target_datasets, transfer_curve, transfer_study, visualise_features,
+                                     visualisation_grid)
+from nbs_lib.runs import RunCache
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return load_model("resnet18", weights=None, num_classes=4, seed=0).eval()
+
+
+def _images(n=12, size=16, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_targeted_pgd_moves_towards_the_target(tiny_model, one_thread):
+    x = _images()
+    t = torch.full((len(x),), 2)
+    before = F.cross_entropy(tiny_model(x), t)
+    x_adv = pgd(tiny_model, x, t, 8 / 255, 10, targeted=True)
+    after = F.cross_entropy(tiny_model(x_adv), t)
+    untargeted = F.cross_entropy(tiny_model(pgd(tiny_model, x, t, 8 / 255, 10)), t)
+    assert after < before < untargeted
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_random_other_classes_never_keep_the_label():
+    labels = torch.arange(40) % 5
+    t = random_other_classes(labels, 5, seed=1)
+    assert (t != labels).all() and t.min() >= 0 and t.max() < 5
+    assert len(set(t.tolist())) == 5  # all classes are drawn
+    with pytest.raises(ValueError, match="two classes"):
+        random_other_classes(torch.zeros(3, dtype=torch.long), 1, 0)
+
+
+def test_anti_robust_images_change_labels_within_eps(tiny_model, one_thread):
+    ds = LabeledImages("toy", "train", list("abcd"), torch.arange(16) % 4, images=_images(16))
+    made = anti_robust_images(tiny_model, ds, "PGD-20#16", seed=0, device="cpu")
+    assert (made.data.labels != ds.labels).all()
+    assert torch.equal(made.original_labels, ds.labels)
+    assert made.max_perturbation <= 16 / 255 + 1e-6
+    assert ((made.data.images - ds.images).abs() > 1e-3).any()
+    assert made.success_rate > 50  # C follows the non-robust label on most images
+    with pytest.raises(ValueError, match="PGD spec"):
+        anti_robust_images(tiny_model, ds, "FGSM#8", device="cpu")
+
+
+def test_visualisation_raises_the_chosen_activation(tiny_model, one_thread):
+    components = active_components([tiny_model], 16, 3, device="cpu")
+    assert len(components) == 3
+    vis = visualise_features(tiny_model, components, size=16, steps=15, step_size=1.0, device="cpu")
+    assert vis.images.shape == (3, 3, 16, 16)
+    assert vis.images.min() >= 0 and vis.images.max() <= 1
+    assert (vis.final_activation > vis.start_activation).all()
+    with pytest.raises(ValueError, match="components"):
+        visualise_features(tiny_model, [512], size=16, steps=1, device="cpu")
+
+
+def test_robustified_images_move_towards_their_targets_representation(tiny_model, one_thread):
+    images = _images(8, seed=1)
+    seeds = images[derangement(8, 0)]
+    robust, start, final = robustify_images(tiny_model, images, seeds, steps=15, step_size=1.0, device="cpu")
+    assert robust.shape == images.shape and robust.min() >= 0 and robust.max() <= 1
+    assert (final < start).all()
+    with pytest.raises(ValueError, match="seed"):
+        robustify_images(tiny_model, images, seeds[:4], device="cpu")
+
+
+def test_derangement_has_no_fixed_point():
+    for seed in range(20):
+        perm = derangement(7, seed)
+        assert sorted(perm.tolist()) == list(range(7))
+        assert (perm != torch.arange(7)).all()
+
+
+def test_ladder_specs_and_errors():
+    assert ladder_spec(0) is None and ladder_spec(8) == "PGD-3#8" and ladder_spec(0.5, 7) == "PGD-7#0.5"
+    with pytest.raises(ValueError, match=">= 0"):
+        ladder_spec(-1)
+    with pytest.raises(ValueError, match="two robustness levels"):
+        source_ladder("digits", [8])
+
+
+def test_curve_summary_reads_the_sign_of_the_trend():
+    rows = []
+    for eps, acc in ((0, 50), (2, 60), (8, 70)):
+        rows += [{"dataset": "d", "variant": "standard", "mode": "full fine-tuning", "source_eps": eps,
+                  "epoch": e, "accuracy": acc + e} for e in (1, 2)]
+        rows += [{"dataset": "d", "variant": "anti-robust", "mode": "full fine-tuning", "source_eps": eps,
+                  "epoch": e, "accuracy": 100 - acc + e} for e in (1, 2)]
+    summary = curve_summary(pd.DataFrame(rows)).set_index("variant")
+    assert summary.loc["standard", "early rho"] == pytest.approx(1.0)
+    assert summary.loc["anti-robust", "final rho"] == pytest.approx(-1.0)
+    assert summary.loc["standard", "final eps=8"] == 72
+
+
+def test_chapter_pipeline_at_smoke(tmp_path, one_thread):
+    """The ladder, anti-robust splits, transfer curves (cached) and the robustified source, end to end."""
+    cache = RunCache(tmp_path)
+    prof = get_profile("smoke")
+    kwargs = dict(seed=0, device="cpu", cache=cache)
+    ladder = source_ladder("digits", (0, 8), prof, evaluate_with="PGD-10#8", progress=False, **kwargs)
+    assert [source_eps(s) for s in ladder] == [0.0, 8.0]
+    visuals, table = visualisation_grid(ladder, count=2, size=16, steps=3, device="cpu")
+    assert len(visuals) == 2 and len(table) == 4
+    classifier = standard_target_model("mnist", prof, progress=False, **kwargs)
+    splits = anti_robust_splits("mnist", get_profile("smoke", image_size=16), classifier, "PGD-5#16", **kwargs)
+    assert set(splits) == {"train", "test"}
+    assert (splits["train"].data.labels != splits["train"].original_labels).all()
+    again = anti_robust_splits("mnist", get_profile("smoke", image_size=16), classifier, "PGD-5#16", **kwargs)
+    assert torch.equal(again["test"].data.images, splits["test"].data.images)  # from the cache
+    data = target_datasets(["mnist"], prof, {"mnist": splits})
+    assert set(data) == {("mnist", "standard"), ("mnist", "anti-robust")}
+    curves = transfer_study(ladder, data, profile=prof, epochs=2, progress=False, **kwargs)
+    assert len(curves) == 2 * 2 * 2 * 2  # datasets x modes x sources x epochs
+    assert curves.accuracy.between(0, 100).all()
+    train, test = data[("mnist", "standard")]
+    cached = transfer_curve(ladder[1], train, test, "full fine-tuning", prof, 2, progress=False, **kwargs)
+    assert cached == curves[(curves.source_eps == 8) & (curves["mode"] == "full fine-tuning")
+                            & (curves.variant == "standard")][["epoch", "accuracy", "train_acc"]].to_dict("records")
+    made, summary = pretrain_robustified("digits", ladder[0], ladder[1], prof, steps=3, progress=False, **kwargs)
+    assert summary["distance_final"] < summary["distance_start"]
+    assert made.source == "digits-robustified" and made.weights.is_file()
+    with pytest.raises(ValueError, match="transfer mode"):
+        transfer_curve(ladder[0], train, test, "linear probe", prof, 1, **kwargs)
