@@ -52,6 +52,9 @@ class Profile:
     source_image_size: int = 32  # their image size (and that of the targets fine-tuned from them)
     source_per_class: int = 200  # training images per class of a source dataset
     source_epochs: int = 20  # epochs of source pre-training
+    transfer_epochs: int = 6  # epochs of each transfer curve (chapter 7)
+    feature_vis_steps: int = 200  # gradient steps of a feature visualisation (chapter 7)
+    robustify_steps: int = 40  # gradient steps per image of the robustified source (chapter 7)
     extra: dict = field(default_factory=dict)
 
     def replace(self, **overrides) -> "Profile":
@@ -85,6 +88,9 @@ PROFILES: dict[str, Profile] = {
         uap_steps=4,
         source_per_class=12,
         source_epochs=1,
+        transfer_epochs=2,
+        feature_vis_steps=5,
+        robustify_steps=3,
         source_image_size=16,
     ),
     "mini": Profile(
@@ -129,6 +135,9 @@ PROFILES: dict[str, Profile] = {
         source_image_size=224,
         source_per_class=1300,
         source_epochs=90,
+        transfer_epochs=30,
+        feature_vis_steps=1000,
+        robustify_steps=1000,
     ),
 }
 
