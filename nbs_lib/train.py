@@ -42,15 +42,19 @@ released fine-tuning script. Learning rates are chosen on a validation split hel
 from the training set (:func:`train_model`), not on the test set as the paper did.
 
 On CUDA the loop uses bf16 autocast and channels_last; data that fits stays on the
-device. The same code path runs on the CPU.
+device. The same code path runs on the CPU. ``fit(compile=True)`` adds torch.compile,
+and under ``torchrun`` fit trains with DistributedDataParallel
+(:mod:`nbs_lib.distributed`); neither enters a cache key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -60,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .attacks import attack_mode, parse_attack, pgd
 from .data import LabeledImages, load_dataset, train_val_split
 from .models import SplitClassifier, load_model
@@ -370,11 +375,189 @@ def _set_train_mode(model: SplitClassifier, regime: str) -> None:
         model.features.eval()  # BatchNorm keeps the source statistics
 
 
+class _Step(nn.Module):
+    """The forward pass of one training step as one module (what DDP and torch.compile wrap).
+
+    ``forward(x, n)`` returns ``(logits, features)``: with ``with_features`` (KD, DM)
+    f's features of all of ``x`` and g's logits of the first ``n`` rows (all rows when
+    ``n`` is None), else ``(g(f(x)), None)``. With ``head_only`` the input already is
+    f's embedding (partial fine-tuning on frozen embeddings) and only g runs.
+    """
+
+    def __init__(self, model: SplitClassifier, head_only: bool, with_features: bool):
+        super().__init__()
+        self.model = model
+        self.head_only = head_only
+        self.with_features = with_features
+
+    def forward(self, x: torch.Tensor, n: int | None = None):
+        if self.head_only:
+            return self.model.classifier(x), None
+        if not self.with_features:
+            return self.model(x), None
+        feats = self.model.features(x)
+        return self.model.classifier(feats if n is None else feats[:n]), feats
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for fit(compile=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _compile_problem(device_type: str, backend) -> str | None:
+    """Why torch.compile with ``backend`` fails on ``device_type`` (None when it works).
+
+    Compiles a tiny forward and backward, which fails the way a real model would where
+    the backend cannot build its kernels (for example no C compiler for the CPU).
+    """
+    try:
+        fn = torch.compile(lambda t: torch.tanh(2.0 * t).sum(), backend=backend, fullgraph=True)
+        t = torch.linspace(-1, 1, 8, device=device_type, requires_grad=True)
+        fn(t).backward()
+        return None
+    except Exception as err:  # noqa: BLE001 - any failure means: run eagerly
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"{type(err).__name__}: {first}"[:300]
+
+
+def _maybe_compile(module: nn.Module, compile: bool | str, device: torch.device) -> nn.Module:
+    """``torch.compile(module)`` when asked for and working here, else ``module`` (with a warning)."""
+    if not compile:
+        return module
+    backend = COMPILE_BACKEND if compile is True else compile
+    problem = _compile_problem(device.type, backend)
+    if problem is not None:
+        warnings.warn(f"torch.compile (backend {backend!r}) does not work on {device.type} here "
+                      f"({problem}); fit falls back to eager execution, which gives the same model.",
+                      RuntimeWarning, stacklevel=3)
+        return module
+    return torch.compile(module, backend=backend)
+
+
+def _ce(logits: torch.Tensor, y: torch.Tensor, share: float | None) -> torch.Tensor:
+    """Mean cross-entropy of the batch; under DDP this rank's share of the global batch mean."""
+    if share is None:
+        return F.cross_entropy(logits.float(), y)
+    return F.cross_entropy(logits.float(), y, reduction="sum") * share
+
+
+def _feature_mse(feats: torch.Tensor, target: torch.Tensor, share: float | None) -> torch.Tensor:
+    """KD's mean ``||f - f_T||^2 / embedding_dim`` (a share of it under DDP, like :func:`_ce`)."""
+    if share is None:
+        return F.mse_loss(feats.float(), target)
+    return F.mse_loss(feats.float(), target, reduction="sum") / math.prod(feats.shape[1:]) * share
+
+
+def _batch_mean(values: torch.Tensor, share: float | None) -> torch.Tensor:
+    """Mean of per-image values; under DDP their sum times ``world / global batch size``."""
+    return values.mean() if share is None else values.sum() * share
+
+
+@dataclass
+class _Loop:
+    """What one epoch of :func:`fit` needs besides the data."""
+
+    model: SplitClassifier
+    step: nn.Module  # _Step, maybe in DDP and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    config: TrainConfig
+    device: torch.device
+    frozen_embeddings: bool
+    teacher: nn.Module | None
+    step_amp: bool
+    ddp: bool
+    on_step: Callable[[int, nn.Module], None] | None
+    global_step: int = 0
+
+
+def _epoch_generators(loop: _Loop, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+    """The epoch's data generator (same on every rank) and the attacks' generator.
+
+    Seeds dropout too. One process: the attacks share the data generator (as always);
+    under DDP each rank has its own generator for dropout and the attacks' random starts
+    (they run on the rank's slice only), while shuffling and augmentation stay global.
+    """
+    base = loop.config.seed * 100_003 + epoch
+    generator = torch.Generator().manual_seed(base)
+    if not loop.ddp:
+        torch.manual_seed(base)  # dropout; identical after a resume
+        return generator, generator
+    rank = distributed.rank()
+    torch.manual_seed(base + 1_000_003 * rank)
+    return generator, torch.Generator().manual_seed(base * 1_009 + rank + 1)
+
+
+def _train_step(loop: _Loop, x: torch.Tensor, y: torch.Tensor, data_gen, attack_gen, totals: dict) -> None:
+    """One optimizer step on the global batch ``(x, y)`` (this rank's slice under DDP)."""
+    config, model = loop.config, loop.model
+    if not loop.frozen_embeddings:
+        x = augment_batch(x, config.augment, data_gen)
+    share = None
+    if loop.ddp:
+        share = distributed.world_size() / len(y)
+        x, y = distributed.local_slice(x), distributed.local_slice(y)
+    if config.adversarial:
+        x = adversarial_batch(model, x, y, config.adversarial, attack_gen)
+    x_lip = lipschitz_batch(model, x, config, attack_gen) if config.lipschitz_weight > 0 else None
+    with _autocast(loop.device, loop.step_amp):
+        if x_lip is None:
+            logits, feats = loop.step(x)
+        else:
+            logits, feats = loop.step(torch.cat([x, x_lip]), len(x))
+            feats, feats_lip = feats[:len(x)], feats[len(x):]
+        loss = _ce(logits, y, share)
+        if loop.teacher is not None:
+            with torch.no_grad():
+                target = loop.teacher(x).float()
+            kd = _feature_mse(feats, target, share)
+            loss = loss + config.distill_weight * kd
+            totals["kd"] += _local_sum(kd, len(y), share)
+        if x_lip is not None:
+            ll = _batch_mean(lipschitz_ratio(feats, feats_lip, x, x_lip), share)
+            loss = loss + config.lipschitz_weight * ll
+            totals["ll"] += _local_sum(ll, len(y), share)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.global_step += 1
+    if loop.on_step is not None:
+        loop.on_step(loop.global_step, model)
+    totals["loss"] += _local_sum(loss, len(y), share)
+    totals["correct"] += (logits.argmax(1) == y).sum()
+
+
+def _local_sum(term: torch.Tensor, n: int, share: float | None) -> torch.Tensor:
+    """A batch-mean term back to the sum over this process's images (for the history)."""
+    return term.detach() * n if share is None else term.detach() / share
+
+
+def _run_epoch(loop: _Loop, data, labels, epoch: int, n_train: int, num_workers: int) -> dict:
+    """One pass over the training data; the epoch's history row (without validation)."""
+    data_gen, attack_gen = _epoch_generators(loop, epoch)
+    _set_train_mode(loop.model, loop.config.regime)
+    totals = {k: torch.zeros((), device=loop.device) for k in ("loss", "correct", "kd", "ll")}
+    for x, y in input_batches(data, labels, loop.config.batch_size, loop.device, True, data_gen,
+                              num_workers):
+        _train_step(loop, x, y, data_gen, attack_gen, totals)
+    if loop.ddp:
+        summed = distributed.all_sum(torch.stack([totals[k].float() for k in totals]))
+        totals = dict(zip(totals, summed))
+    row = {"epoch": epoch + 1, "train_loss": totals["loss"].item() / n_train,
+           "train_acc": 100.0 * totals["correct"].item() / n_train}
+    if loop.teacher is not None:
+        row["distill_loss"] = totals["kd"].item() / n_train
+    if loop.config.lipschitz_weight > 0:
+        row["lipschitz"] = totals["ll"].item() / n_train
+    return row
+
+
 def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         val: LabeledImages | None = None, device="auto", amp: bool = True,
         resume: dict | None = None, on_epoch_end: Callable[[dict], None] | None = None,
         progress: bool = True, desc: str = "fit", num_workers: int = 0,
-        on_step: Callable[[int, nn.Module], None] | None = None) -> list[dict]:
+        on_step: Callable[[int, nn.Module], None] | None = None,
+        compile: bool | str = False) -> list[dict]:
     """Train ``model`` on ``train`` under ``config``; return the per-epoch history.
 
     Each history row has ``epoch``, ``train_loss``, ``train_acc`` and (with ``val``)
@@ -393,6 +576,17 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
     adversarial when ``config.adversarial`` is set). A DM step runs in float32 (no bf16
     autocast: perturbations of 0.5/255 are near bf16's resolution), and feeds x and x'
     through f as one batch, so both see the same BatchNorm batch statistics.
+
+    ``compile=True`` runs the training step's forward and backward through
+    ``torch.compile`` (backend :data:`COMPILE_BACKEND`; a string names another
+    backend). Attacks, validation and the KD teacher stay eager. Where the backend
+    cannot compile (say, no C compiler) fit warns and trains eagerly. Not part of any
+    cache key: it changes speed, not the model (up to float rounding).
+
+    When ``torch.distributed`` is initialised with several processes (``torchrun``),
+    fit trains data-parallel with DistributedDataParallel: see
+    :mod:`nbs_lib.distributed` for how the global batches, BatchNorm statistics and
+    gradients match a one-process run. ``on_epoch_end`` is then called on rank 0 only.
     """
     device = resolve_device(device)
     model = _prepare(model, config, device)
@@ -411,71 +605,31 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
     frozen_embeddings = (config.regime == "partial" and config.augment == "none" and not config.adversarial
                          and not config.regularised)
     teacher = load_teacher(model, config, device) if config.distill_weight > 0 else None
-    dm = config.lipschitz_weight > 0
-    step_amp = amp and not dm
     if frozen_embeddings:
         data = _embed(model.features, data, labels, device, 256, amp, num_workers)
-    head = model.classifier if frozen_embeddings else model
 
-    step = len(history) * steps_per_epoch  # global optimizer step, correct after a resume
-    epochs = range(len(history), config.epochs)
-    bar = tqdm(epochs, desc=desc, disable=not progress, leave=True)
-    for epoch in bar:
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout; identical after a resume
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        _set_train_mode(model, config.regime)
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        total_kd = torch.zeros((), device=device)
-        total_ll = torch.zeros((), device=device)
-        for x, y in input_batches(data, labels, config.batch_size, device, True, generator, num_workers):
-            if not frozen_embeddings:
-                x = augment_batch(x, config.augment, generator)
-            if config.adversarial:
-                x = adversarial_batch(model, x, y, config.adversarial, generator)
-            x_lip = lipschitz_batch(model, x, config, generator) if dm else None
-            with _autocast(device, step_amp):
-                if not config.regularised:
-                    logits = head(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                else:
-                    feats = model.features(x if x_lip is None else torch.cat([x, x_lip]))
-                    if x_lip is not None:
-                        feats, feats_lip = feats[:len(x)], feats[len(x):]
-                    logits = model.classifier(feats)
-                    loss = F.cross_entropy(logits.float(), y)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            target = teacher(x).float()
-                        kd = F.mse_loss(feats.float(), target)  # mean ||f - f_T||^2 / embedding_dim
-                        loss = loss + config.distill_weight * kd
-                        total_kd += kd.detach() * len(y)
-                    if x_lip is not None:
-                        ll = lipschitz_ratio(feats, feats_lip, x, x_lip).mean()
-                        loss = loss + config.lipschitz_weight * ll
-                        total_ll += ll.detach() * len(y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if on_step is not None:
-                on_step(step, model)
-            total_loss += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-        row = {"epoch": epoch + 1, "train_loss": total_loss.item() / len(train),
-               "train_acc": 100.0 * correct.item() / len(train)}
-        if teacher is not None:
-            row["distill_loss"] = total_kd.item() / len(train)
-        if dm:
-            row["lipschitz"] = total_ll.item() / len(train)
-        if val is not None and len(val):
-            row["val_acc"] = dataset_accuracy(model, val, device, num_workers=num_workers)
-        history.append(row)
-        bar.set_postfix({k: round(v, 3) for k, v in row.items() if k != "epoch"})
-        if on_epoch_end is not None:
-            on_epoch_end({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "history": history})
+    ddp = distributed.is_distributed()
+    undo_sync_bn = distributed.sync_batchnorm(model, device) if ddp else None
+    try:
+        step: nn.Module = _Step(model, head_only=frozen_embeddings, with_features=config.regularised)
+        if ddp:
+            step = distributed.wrap(step, device)
+        loop = _Loop(model, _maybe_compile(step, compile, device), optimizer, scheduler, config, device,
+                     frozen_embeddings, teacher, amp and not config.lipschitz_weight > 0, ddp, on_step,
+                     global_step=len(history) * steps_per_epoch)  # correct after a resume
+        bar = tqdm(range(len(history), config.epochs), desc=desc, disable=not progress, leave=True)
+        for epoch in bar:
+            row = _run_epoch(loop, data, labels, epoch, len(train), num_workers)
+            if val is not None and len(val):
+                row["val_acc"] = dataset_accuracy(model, val, device, num_workers=num_workers)
+            history.append(row)
+            bar.set_postfix({k: round(v, 3) for k, v in row.items() if k != "epoch"})
+            if on_epoch_end is not None and distributed.is_main():
+                on_epoch_end({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "history": history})
+    finally:
+        if undo_sync_bn is not None:
+            undo_sync_bn()
     model.eval()
     return history
 
@@ -544,14 +698,16 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
                 augment: str | None = None, cache: RunCache | None = None,
                 progress: bool = True, adversarial: str | None = None, distill_weight: float = 0.0,
                 teacher: str | Path | None = None, lipschitz_weight: float = 0.0,
-                lipschitz_eps: float = 0.5, lipschitz_steps: int = 10) -> TrainedModel:
+                lipschitz_eps: float = 0.5, lipschitz_steps: int = 10,
+                compile: bool | str = False) -> TrainedModel:
     """Train (or load from the run cache) the paper's ``regime`` model of ``dataset``.
 
     ``adversarial`` (a PGD spec such as ``"PGD-7#8"``) trains on adversarial examples
     (:func:`adversarial_batch`) instead of clean ones. ``distill_weight``/``teacher``
     (KD@stage-2) and ``lipschitz_weight``/``lipschitz_eps``/``lipschitz_steps`` (DM,
     eq. 5) are the :class:`TrainConfig` fields of the same names (see the module
-    docstring for Table 5's regimes).
+    docstring for Table 5's regimes). ``compile`` is :func:`fit`'s (speed only; not in
+    the cache key).
 
     The standard model ignores ``weights`` (random initialisation). When ``lr_f``/``lr_g``
     are not given, every candidate of the profile's grid is trained on the training
@@ -575,7 +731,7 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
                              lipschitz_steps=lipschitz_steps)
         trained = _train_cached(dataset, arch, None if regime == "standard" else weights,
                                 len(train_full.classes), train_set, val_set, config, profile,
-                                device, cache, progress)
+                                device, cache, progress, compile)
         search.append({"lr_f": cand_f, "lr_g": cand_g, "val_acc": trained.val_acc})
         if best is None or trained.val_acc > best.val_acc:
             best = trained
@@ -606,20 +762,29 @@ def model_config(dataset: str, arch: str, weights, num_classes: int, config: Tra
 
 
 def _train_cached(dataset, arch, weights, num_classes, train_set, val_set, config: TrainConfig,
-                  profile: Profile, device, cache: RunCache, progress: bool) -> TrainedModel:
+                  profile: Profile, device, cache: RunCache, progress: bool,
+                  compile: bool | str = False) -> TrainedModel:
+    """The cached model of ``key``, else trained (resuming from a checkpoint) and cached.
+
+    Under distributed training rank 0 reads the cache and sends what it found to every
+    rank (all ranks then train, or all load), and only rank 0 writes checkpoints and
+    the finished model.
+    """
     key = model_config(dataset, arch, weights, num_classes, config, profile, train_set, val_set)
     model = load_model(arch, weights=weights, num_classes=num_classes, seed=config.seed)
-    stored = cache.load_model_state("models", key)
+    stored = distributed.broadcast_from_main(lambda: cache.load_model_state("models", key))
     if stored is not None:
         model.load_state_dict(stored["model"])
         return TrainedModel(model.eval(), key, stored["history"], stored["val_acc"])
-    resume = cache.load_checkpoint("models", key)
+    resume = distributed.broadcast_from_main(lambda: cache.load_checkpoint("models", key))
     desc = f"{dataset}/{config.regime} lr_f={config.lr_f:g} lr_g={config.lr_g:g}"
+    main = distributed.is_main()
     history = fit(model, train_set, config, val=val_set, device=device, resume=resume,
-                  on_epoch_end=lambda payload: cache.save_checkpoint("models", key, payload),
-                  progress=progress, desc=desc, num_workers=profile.num_workers)
+                  on_epoch_end=(lambda payload: cache.save_checkpoint("models", key, payload)) if main else None,
+                  progress=progress and main, desc=desc, num_workers=profile.num_workers, compile=compile)
     val_acc = history[-1].get("val_acc", float("nan"))
     model.cpu()
-    cache.save_model_state("models", key, {"model": model.state_dict(), "history": history,
-                                           "val_acc": val_acc})
+    if main:
+        cache.save_model_state("models", key, {"model": model.state_dict(), "history": history,
+                                               "val_acc": val_acc})
     return TrainedModel(model.eval(), key, history, val_acc)
