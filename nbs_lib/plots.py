@@ -266,3 +266,42 @@ def dr_vs_size(ours: pd.DataFrame, paper: pd.DataFrame):
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def feature_visualisation_grid(visuals, row_labels: list[str], size: float = 1.1):
+    """Fig. 1 of the second work: one row per source model, one column per component."""
+    n_rows, n_cols = len(visuals), len(visuals[0].components)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * size + 1.0, n_rows * size * 1.1), squeeze=False)
+    for r, vis in enumerate(visuals):
+        panels = [(img, f"#{c}" if r == 0 else "") for img, c in zip(vis.images, vis.components)]
+        _titled_images(fig, axes[r], panels, 7)
+        axes[r, 0].text(-0.1, 0.5, row_labels[r], transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=8)
+    return fig
+
+
+def before_after_grid(rows: list[tuple[str, list[tuple[torch.Tensor, str]]]], size: float = 1.1):
+    """Rows of captioned images, each row labelled on its left (anti-robust and robustified examples)."""
+    n_cols = max(len(panels) for _, panels in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * size + 1.2, len(rows) * size * 1.25),
+                             squeeze=False)
+    for r, (label, panels) in enumerate(rows):
+        for ax in axes[r, len(panels):]:
+            ax.axis("off")
+        _titled_images(fig, axes[r], panels, 7)
+        axes[r, 0].text(-0.12, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+    return fig
+
+
+def transfer_curve_grid(curves: pd.DataFrame, hue: str = "source_eps", hue_title: str = "source eps (/255)"):
+    """Fig. 3 of the second work: test accuracy against epochs, one line per source model,
+    one panel per dataset variant (columns) and transfer mode (rows)."""
+    frame = curves.assign(panel=curves.dataset + " / " + curves.variant)
+    grid = sns.relplot(data=frame, x="epoch", y="accuracy", hue=hue, row="mode", col="panel", kind="line",
+                       marker="o", height=2.3, aspect=1.1, palette="viridis",
+                       facet_kws={"sharey": False, "margin_titles": True})
+    grid.set_axis_labels("epoch", "test accuracy (%)")
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    if grid.legend is not None:
+        grid.legend.set_title(hue_title)
+    return grid.figure

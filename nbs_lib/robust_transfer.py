@@ -515,3 +515,31 @@ def chapter_results(curves: pd.DataFrame, profile: str) -> pd.DataFrame:
     """The chapter's CSV rows: ``experiment, source, source_eps, dataset, variant, mode, epoch, accuracy``."""
     cols = ["experiment", "source", "source_eps", "dataset", "variant", "mode", "epoch", "accuracy"]
     return curves[cols].assign(profile=profile)
+
+
+def anti_robust_examples(anti: dict[str, dict[str, AntiRobustSplit]], profile="mini", seed: int = 0,
+                         count: int = 6) -> list[tuple[str, list]]:
+    """Fig. 2: for each target, a row of training images with their labels y and a row of
+    their anti-robust versions with the new labels t (for :func:`nbs_lib.plots.before_after_grid`)."""
+    rows = []
+    for target, splits in anti.items():
+        clean = load_dataset(target, "train", target_profile(profile), seed=seed)
+        made = splits["train"]
+        picks = range(min(count, len(clean)))
+        rows.append((target, [(clean.images[i], f"y={clean.classes[int(made.original_labels[i])]}") for i in picks]))
+        rows.append(("anti-robust", [(made.data.images[i], f"t={clean.classes[int(made.data.labels[i])]}")
+                                     for i in picks]))
+    return rows
+
+
+def robustified_examples(source: str, robust: SourceModel, profile="mini", steps: int = 40,
+                         step_size: float = 1.0, seed: int = 0, device="auto", count: int = 6):
+    """Fig. 4a: source images, the seed images the descent started from, and the results."""
+    prof = source_profile(profile)
+    original = train_val_split(load_dataset(source, "train", prof, seed=seed), prof.val_fraction, seed)[0]
+    seeds = original.images[derangement(len(original), seed)]
+    data, _, _ = robustified_source(source, robust, profile, steps, step_size, seed, device)
+    picks = range(min(count, len(original)))
+    return [("original", [(original.images[i], original.classes[int(original.labels[i])]) for i in picks]),
+            ("seed image", [(seeds[i], "") for i in picks]),
+            ("robustified", [(data.images[i], "") for i in picks])]
