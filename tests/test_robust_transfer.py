@@ -7,7 +7,8 @@ from nbs_lib.attacks import pgd
 from nbs_lib.data import LabeledImages
 from nbs_lib.models import load_model
 from nbs_lib.profiles import get_profile
-from nbs_lib.robust_transfer import (active_components, anti_robust_images, anti_robust_splits, curve_summary, derangement,
+from nbs_lib.robust_transfer import (active_components, anti_robust_images, colour_spread, image_roughness,
+                                     noise_seed_images, anti_robust_splits, curve_summary, derangement,
                                      ladder_spec, pretrain_robustified, random_other_classes,
                                      robustify_images, source_eps, source_ladder, standard_target_model,
                                      target_datasets, transfer_curve, transfer_study, visualise_features,
@@ -68,6 +69,21 @@ def test_visualisation_raises_the_chosen_activation(tiny_model, one_thread):
         visualise_features(tiny_model, [512], size=16, steps=1, device="cpu")
 
 
+def test_roughness_and_colour_of_known_images():
+    flat = torch.full((1, 3, 8, 8), 0.3)
+    checker = ((torch.arange(8).view(8, 1) + torch.arange(8).view(1, 8)) % 2).float().expand(1, 3, 8, 8)
+    assert image_roughness(flat).item() == 0.0
+    assert image_roughness(checker).item() == pytest.approx(1.0)
+    noise = image_roughness(noise_seed_images(4, 32, seed=0))
+    assert noise.shape == (4,) and noise.min() > 0.2 and noise.max() < 0.35
+    assert colour_spread(checker).item() == 0.0
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0
+    assert colour_spread(red).item() == pytest.approx((2 / 9) ** 0.5)
+    with pytest.raises(ValueError, match="images"):
+        image_roughness(torch.zeros(3, 8, 8))
+
+
 def test_robustified_images_move_towards_their_targets_representation(tiny_model, one_thread):
     images = _images(8, seed=1)
     seeds = images[derangement(8, 0)]
@@ -115,6 +131,8 @@ def test_chapter_pipeline_at_smoke(tmp_path, one_thread):
     assert [source_eps(s) for s in ladder] == [0.0, 8.0]
     visuals, table = visualisation_grid(ladder, count=2, size=16, steps=3, device="cpu")
     assert len(visuals) == 2 and len(table) == 4
+    assert table.final_roughness.between(0, 1).all()
+    assert (table.groupby("component").start_roughness.nunique() == 1).all()  # same noise for every source
     classifier = standard_target_model("mnist", prof, progress=False, **kwargs)
     splits = anti_robust_splits("mnist", get_profile("smoke", image_size=16), classifier, "PGD-5#16", **kwargs)
     assert set(splits) == {"train", "test"}
