@@ -28,10 +28,11 @@ the profile's validation search, so the methods differ in their regime only.
 from __future__ import annotations
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .pretrain import SourceModel, target_profile
-from .profiles import Profile
+from .profiles import Profile, resolve_device
 from .robustness import TABLE1_ATTACK, attack_sample, evaluate_cached, sample_id
 from .runs import RunCache
 from .similarity import local_lipschitz
@@ -93,17 +94,39 @@ def method_study(targets, standard: SourceModel, robust: SourceModel, profile: s
     return pd.DataFrame(rows), models
 
 
+def feature_spread(model, images: torch.Tensor, device="auto", batch_size: int = 256) -> dict:
+    """How much f's features say about the images: ``feature_l1`` is the mean ||f(x)||_1 and
+    ``feature_spread`` the mean over features of their standard deviation across ``images``.
+
+    A spread near 0 is a flat feature map: f gives every image nearly the same features, the
+    degenerate way to a small LL (eq. 4) that a too-large lambda in eq. 5 rewards.
+    """
+    device = resolve_device(device)
+    net = getattr(model, "model", model).to(device).eval()
+    with torch.no_grad():
+        feats = torch.cat([net.features(images[i:i + batch_size].to(device)).float().cpu()
+                           for i in range(0, len(images), batch_size)])
+    return {"feature_l1": float(feats.abs().sum(1).mean()), "feature_spread": float(feats.std(0).mean())}
+
+
 def lambda_sweep(dataset: str, standard: SourceModel, robust: SourceModel, lambdas,
                  profile: str | Profile = "mini", **kwargs) -> pd.DataFrame:
-    """DM@stage-1&2 on one target for several lambda (0 is AT@stage-1: plain fine-tuning)."""
+    """DM@stage-1&2 on one target for several lambda (0 is AT@stage-1: plain fine-tuning).
+
+    Besides AOI, AAI and DR, each row has the fine-tuned features' size and spread on the
+    attack sample (:func:`feature_spread`), which show how a large lambda flattens f.
+    """
+    images, _, _ = attack_sample(dataset, target_profile(profile), kwargs.get("seed", 0))
     frames = []
     for lam in lambdas:
         if lam == 0:
-            frame, _ = method_study([dataset], standard, robust, profile, ("AT@stage-1",), **kwargs)
+            frame, models = method_study([dataset], standard, robust, profile, ("AT@stage-1",), **kwargs)
         else:
-            frame, _ = method_study([dataset], standard, robust, profile, ("DM@stage-1&2",),
-                                    lipschitz_weight=lam, **kwargs)
-        frames.append(frame.assign(lipschitz_weight=lam))
+            frame, models = method_study([dataset], standard, robust, profile, ("DM@stage-1&2",),
+                                         lipschitz_weight=lam, **kwargs)
+        (model,) = models.values()
+        frames.append(frame.assign(lipschitz_weight=lam,
+                                   **feature_spread(model, images, kwargs.get("device", "auto"))))
     return pd.concat(frames, ignore_index=True)
 
 

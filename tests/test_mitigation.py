@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from nbs_lib.mitigation import (METHODS, best_method, lambda_sweep, method_settings, method_study,
-                                steepness_table, table5_layout)
+from nbs_lib.mitigation import (METHODS, best_method, feature_spread, lambda_sweep, method_settings,
+                                method_study, steepness_table, table5_layout)
 from nbs_lib.pretrain import pretrain_source
 from nbs_lib.profiles import get_profile
 from nbs_lib.runs import RunCache
@@ -29,6 +29,24 @@ def test_every_method_runs_and_the_table_has_the_papers_layout(sources):
     sweep = lambda_sweep("mnist", standard, robust, [0, 2.0], prof, lipschitz_steps=1, device="cpu",
                          cache=cache, progress=False)
     assert sweep.method.tolist() == ["AT@stage-1", "DM@stage-1&2"]
+    assert (sweep.feature_spread > 0).all() and (sweep.feature_l1 > 0).all()
+
+
+def test_feature_spread_is_zero_for_a_flat_feature_map():
+    class Flat(torch.nn.Module):
+        def __init__(self, flat: bool):
+            super().__init__()
+            self.flat = flat
+
+        def features(self, x):
+            base = torch.ones(len(x), 4)
+            return base if self.flat else base + x.flatten(1)[:, :4]
+
+    images = torch.rand(10, 3, 4, 4)
+    flat = feature_spread(Flat(True), images, device="cpu")
+    assert flat == {"feature_l1": 4.0, "feature_spread": 0.0}
+    varied = feature_spread(Flat(False), images, device="cpu")
+    assert varied["feature_spread"] == pytest.approx(images.flatten(1)[:, :4].std(0).mean().item(), rel=1e-6)
 
 
 def test_methods_start_from_the_right_source(sources):
