@@ -23,11 +23,11 @@ import pandas as pd
 import torch
 
 from .attacks import parse_attack
-from .models import torchvision_resnet_state
+from .models import load_model, torchvision_resnet_state
 from .profiles import Profile, get_profile
 from .robustness import attack_sample, evaluate_cached, robustness_study, sample_id
 from .runs import RunCache, atomic_write_bytes
-from .train import TrainedModel, train_model
+from .train import TrainedModel, train_model, weights_id
 
 
 @dataclass
@@ -100,13 +100,32 @@ def _own_attack(adversarial: str | None) -> str:
     return f"PGD-10{'-L2' if spec.norm == 'L2' else ''}#{spec.eps_255}"
 
 
+def checkpoint_source(path: str | Path, adversarial: str | None, arch: str = "resnet18",
+                      name: str = "imagenet") -> SourceModel:
+    """A source model read from a checkpoint file instead of pre-trained here.
+
+    At ``paper`` these are Salman et al.'s ImageNet ResNets (standard, eps 0, and robust),
+    in the MadryLab ``robustness`` format that :func:`nbs_lib.models.load_model` reads.
+    ``adversarial`` labels the radius it was trained at (``None``: standard). Its source
+    accuracies are not measured here (NaN): ImageNet is not available offline.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint file: pass the path of an ImageNet model "
+                                "(e.g. Salman et al.'s resnet18_linf_eps4.0.ckpt).")
+    model = load_model(arch, weights=path, num_classes=1000).eval()
+    trained = TrainedModel(model, {"weights": weights_id(path), "arch": arch}, [], float("nan"))
+    return SourceModel(name, adversarial, trained, path, float("nan"), float("nan"), "not measured")
+
+
 def source_table(sources: list[SourceModel]) -> pd.DataFrame:
     """One row per source model: its training and its clean and robust source accuracy."""
     rows = []
     for s in sources:
         rows.append({"source": s.source, "pre-training": "standard" if s.adversarial is None else
                      f"adversarial {s.adversarial}", "epochs": len(s.trained.history),
-                     "lr": s.trained.config["train"]["lr_g"], "val_acc": s.trained.val_acc,
+                     "lr": s.trained.config.get("train", {}).get("lr_g", float("nan")),
+                     "val_acc": s.trained.val_acc,
                      "test_acc": s.clean_accuracy, "robust_acc": s.robust_accuracy,
                      "attack": s.evaluated_with})
     return pd.DataFrame(rows)

@@ -42,7 +42,7 @@ from scipy import stats
 from .attacks import attack_mode, parse_attack, pgd
 from .data import LabeledImages, load_dataset, train_val_split
 from .models import SplitClassifier, load_model
-from .pretrain import SourceModel, pretrain_source, source_profile, source_weights_file, target_profile
+from .pretrain import SourceModel, checkpoint_source, pretrain_source, source_profile, source_weights_file, target_profile
 from .profiles import Profile, get_profile, resolve_device
 from .robustness import attack_sample, evaluate_cached, sample_id
 from .runs import RunCache
@@ -87,19 +87,9 @@ def source_ladder(source: str, epsilons=(0, 2, 8), profile: str | Profile = "min
 
 
 def external_source(path: str | Path, eps: float, arch: str = "resnet18", name: str = "imagenet") -> SourceModel:
-    """A source model given by a checkpoint file (at ``paper``: Salman et al.'s robust ImageNet
-    models, MadryLab ``robustness`` format, read by :func:`nbs_lib.models.load_model`).
-
-    Its source accuracies are not measured here (NaN): ImageNet is not available offline.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint file: pass the path of a robust ImageNet "
-                                "model (e.g. Salman et al.'s resnet18_linf_eps4.0.ckpt).")
-    model = load_model(arch, weights=path, num_classes=1000).eval()
-    spec = ladder_spec(eps)
-    trained = TrainedModel(model, {"weights": weights_id(path), "arch": arch}, [], float("nan"))
-    return SourceModel(name, spec, trained, path, float("nan"), float("nan"), "not measured")
+    """A rung of the ladder read from a checkpoint file (at ``paper``: Salman et al.'s robust
+    ImageNet models, trained at ``eps``); see :func:`nbs_lib.pretrain.checkpoint_source`."""
+    return checkpoint_source(path, ladder_spec(eps), arch, name)
 
 
 # ----------------------------------------------------------------------------------

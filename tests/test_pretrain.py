@@ -1,7 +1,10 @@
+import pytest
 import torch
 
 from nbs_lib.models import load_model
-from nbs_lib.pretrain import finetune_from_source, pretrain_source, source_table
+from nbs_lib.mitigation import method_settings
+from nbs_lib.pretrain import checkpoint_source, finetune_from_source, pretrain_source, source_table
+from nbs_lib.robust_transfer import external_source
 from nbs_lib.profiles import get_profile
 from nbs_lib.runs import RunCache
 from nbs_lib.train import TrainConfig, config_key
@@ -33,3 +36,23 @@ def test_adversarial_pretraining_is_more_robust_and_transfers(tmp_path, one_thre
     result, models = finetune_from_source(["mnist"], robust, prof.replace(source_image_size=16),
                                           device="cpu", cache=cache, progress=False)
     assert result.source.iloc[0] == "digits (AT PGD-3#8)" and set(models) == {("mnist", "full")}
+
+
+def test_checkpoint_source_reads_a_madrylab_file_and_fine_tunes(tmp_path):
+    """At `paper` chapters 6 and 7 take their sources from checkpoint files (Salman et al.)."""
+    import torchvision
+
+    tv = torchvision.models.resnet18(weights=None)
+    tv.load_state_dict({**tv.state_dict(), "conv1.weight": torch.full_like(tv.conv1.weight, 0.01)})
+    path = tmp_path / "resnet18_linf_eps4.0.ckpt"
+    torch.save({"model": {f"module.model.{k}": v for k, v in tv.state_dict().items()}, "epoch": 90}, path)
+    robust = checkpoint_source(path, "PGD-3#4")
+    assert torch.equal(robust.trained.model.features.stem[0].weight, tv.conv1.weight)
+    assert robust.label == "imagenet (AT PGD-3#4)" and external_source(path, 4).adversarial == "PGD-3#4"
+    row = source_table([robust]).iloc[0]
+    assert row["pre-training"] == "adversarial PGD-3#4" and row[["lr", "test_acc", "robust_acc"]].isna().all()
+    student = load_model("resnet18", weights=method_settings("AT@stage-1", robust, robust, "PGD-3#4", 1, 1, 2, 3)
+                         ["weights"], num_classes=5)
+    assert torch.equal(student.features.stem[0].weight, tv.conv1.weight) and student.num_classes == 5
+    with pytest.raises(FileNotFoundError, match="checkpoint file"):
+        checkpoint_source(tmp_path / "missing.ckpt", None)
