@@ -31,8 +31,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .distance import embeddings
 from .pretrain import SourceModel, target_profile
-from .profiles import Profile, resolve_device
+from .profiles import Profile
 from .robustness import TABLE1_ATTACK, attack_sample, evaluate_cached, sample_id
 from .runs import RunCache
 from .similarity import local_lipschitz
@@ -101,11 +102,7 @@ def feature_spread(model, images: torch.Tensor, device="auto", batch_size: int =
     A spread near 0 is a flat feature map: f gives every image nearly the same features, the
     degenerate way to a small LL (eq. 4) that a too-large lambda in eq. 5 rewards.
     """
-    device = resolve_device(device)
-    net = getattr(model, "model", model).to(device).eval()
-    with torch.no_grad():
-        feats = torch.cat([net.features(images[i:i + batch_size].to(device)).float().cpu()
-                           for i in range(0, len(images), batch_size)])
+    feats = embeddings(getattr(model, "model", model), images, device, batch_size)
     return {"feature_l1": float(feats.abs().sum(1).mean()), "feature_spread": float(feats.std(0).mean())}
 
 

@@ -33,14 +33,19 @@ def test_every_method_runs_and_the_table_has_the_papers_layout(sources):
 
 
 def test_feature_spread_is_zero_for_a_flat_feature_map():
-    class Flat(torch.nn.Module):
+    class FlatFeatures(torch.nn.Module):
         def __init__(self, flat: bool):
             super().__init__()
             self.flat = flat
 
-        def features(self, x):
+        def forward(self, x):
             base = torch.ones(len(x), 4)
             return base if self.flat else base + x.flatten(1)[:, :4]
+
+    class Flat(torch.nn.Module):
+        def __init__(self, flat: bool):
+            super().__init__()
+            self.features = FlatFeatures(flat)
 
     images = torch.rand(10, 3, 4, 4)
     flat = feature_spread(Flat(True), images, device="cpu")
