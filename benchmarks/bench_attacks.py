@@ -9,9 +9,9 @@ Setting (the paper's Table 1-2 attacks at CPU size): torchvision ResNet-18
 digits upsampled to 32x32 RGB, eval mode; one batch of 64 test images; eps 0.5/255
 and 2/255. For each eps it times
 
-* ``nbs_lib.attacks.pgd`` (10 steps, step 1.25*eps/10, no random start) against
+* ``nbs_lib.methods.attacks.pgd`` (10 steps, step 1.25*eps/10, no random start) against
   ``torchattacks.PGD(eps, alpha, steps=10, random_start=False)``,
-* ``nbs_lib.attacks.fgsm`` against ``torchattacks.FGSM(eps)``,
+* ``nbs_lib.methods.attacks.fgsm`` against ``torchattacks.FGSM(eps)``,
 * the floor: the same number of forward+backward passes w.r.t. the input alone,
 
 as the median of several runs after a warm-up (ours and theirs interleaved), and
@@ -38,8 +38,8 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nbs_lib.attacks import fgsm, parse_attack, pgd  # noqa: E402
-from nbs_lib.profiles import resolve_device  # noqa: E402
+from nbs_lib.core.device import resolve_device  # noqa: E402
+from nbs_lib.methods.attacks import fgsm, parse_attack, pgd  # noqa: E402
 
 
 class Normalize(nn.Module):

@@ -1,4 +1,4 @@
-"""AutoAttack through ``nbs_lib.attacks.autoattack`` against torchattacks' own call.
+"""AutoAttack through ``nbs_lib.methods.attacks.autoattack`` against torchattacks' own call.
 
 Usage::
 
@@ -13,7 +13,7 @@ broken ones too), two runs of each side (one call takes 0.5 min on an idle 2-cor
 CPU, several times longer on a busy one). ``--quick``: the smoke profile's budget and
 sample count, one run.
 
-* ours: ``nbs_lib.attacks.autoattack(model, x, y, eps, steps=..., n_queries=...)``;
+* ours: ``nbs_lib.methods.attacks.autoattack(model, x, y, eps, steps=..., n_queries=...)``;
 * theirs: ``torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
   n_classes=10, seed=0)`` called directly, with the same reduced budget set on its
   sub-attacks (``steps`` of APGD, APGD-T and FAB, ``n_queries`` of Square), the only
@@ -21,7 +21,7 @@ sample count, one run.
 
 With 10 classes our wrapper's settings equal torchattacks' (``n_classes=10``), so
 with the same seed both should return the same images; the wrapper adds the frozen
-eval-mode model (:func:`nbs_lib.attacks.attack_mode`), a forked RNG and the final
+eval-mode model (:func:`nbs_lib.core.device.frozen_eval`), a forked RNG and the final
 clamp. Reported: median time of each (ours and theirs interleaved), theirs/ours,
 robust accuracy of each, the share of images where both agree on robust or not and
 the largest difference between the two adversarial batches.
@@ -42,8 +42,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_attacks import _acc, _sync, build_model  # noqa: E402
-from nbs_lib.attacks import autoattack  # noqa: E402
-from nbs_lib.profiles import get_profile, resolve_device  # noqa: E402
+from nbs_lib.core.device import resolve_device  # noqa: E402
+from nbs_lib.core.profiles import get_profile  # noqa: E402
+from nbs_lib.methods.attacks import autoattack  # noqa: E402
 
 
 def torchattacks_autoattack(model, eps: float, steps: int, queries: int, seed: int = 0):
@@ -128,7 +129,7 @@ def to_markdown(rows: list[dict]) -> str:
                   "call broken. Where ours is faster it is the frozen weights: torchattacks' FAB takes "
                   "its gradients with `.backward()`, which on a model with trainable parameters also "
                   "computes every weight gradient (and accumulates it in `.grad`); our wrapper runs "
-                  "the same call inside `attack_mode`, where the parameters do not require grad "
+                  "the same call inside `frozen_eval`, where the parameters do not require grad "
                   "(APGD and APGD-T use `torch.autograd.grad` on the input and cost the same)."]
     return "\n".join(lines)
 

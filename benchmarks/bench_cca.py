@@ -2,9 +2,9 @@
 
 Setting (issue 4): two related representations of 5,000 data points x 512 neurons
 (a shared 64-dimensional signal plus noise, as two layers of two models would be).
-Ours (:mod:`nbs_lib.similarity.cca`: SVD reduction to 99% of the variance, then the
+Ours (:mod:`nbs_lib.methods.similarity.cca`: SVD reduction to 99% of the variance, then the
 canonical correlations as singular values of Q1^T Q2, in float64 with torch) against
-the textbook reference (:mod:`nbs_lib.similarity.reference`: the same SVD reduction
+the textbook reference (:mod:`nbs_lib.methods.similarity.reference`: the same SVD reduction
 in NumPy, then whitening by the inverse square roots of the covariances through
 ``scipy.linalg.eigh``). Linear CKA is timed the same way against the Gram-matrix
 (HSIC) formula on 2,000 points (the reference is O(n^2) memory). Each is the median
@@ -24,8 +24,8 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nbs_lib.similarity import cca_similarity, linear_cka  # noqa: E402
-from nbs_lib.similarity.reference import cca_numpy, cka_numpy  # noqa: E402
+from nbs_lib.methods.similarity import cca_similarity, linear_cka  # noqa: E402
+from nbs_lib.methods.similarity.reference import cca_numpy, cka_numpy  # noqa: E402
 
 
 def related_pair(n: int, d: int, shared: int = 64, seed: int = 0):

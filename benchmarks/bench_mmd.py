@@ -19,7 +19,7 @@ timed, and given to both implementations). Rows:
 The reference is plain and obviously correct: ``scipy.spatial.distance.cdist(...,
 "sqeuclidean")`` in float64 gives the three full squared-distance matrices, then
 ``exp``, and the sums of Gretton et al. (2012) eq. (3) with the diagonals removed.
-Ours (:func:`nbs_lib.similarity.discrepancy.mmd`) uses the norm expansion with BLAS matrix
+Ours (:func:`nbs_lib.methods.similarity.discrepancy.mmd`) uses the norm expansion with BLAS matrix
 products in float64 block by block. Times are medians of several runs after a
 warm-up (the reference runs once, without a warm-up: it is slow; so does ours on the
 10,000-point row); the ratio reference/ours > 1
@@ -44,7 +44,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nbs_lib.similarity.discrepancy import median_bandwidth, mmd  # noqa: E402
+from nbs_lib.methods.similarity.discrepancy import median_bandwidth, mmd  # noqa: E402
 
 WIDTH = 1280
 SHIFT = 0.05
@@ -169,7 +169,7 @@ def to_markdown(rows: list[dict]) -> str:
     lines.append("")
     lines.append(
         f"Unbiased MMD² with a Gaussian kernel between float32 Gaussian embeddings, the second "
-        f"shifted by {SHIFT} per feature. Ours: `nbs_lib.similarity.discrepancy.mmd` (float64, blocked "
+        f"shifted by {SHIFT} per feature. Ours: `nbs_lib.methods.similarity.discrepancy.mmd` (float64, blocked "
         f"BLAS products; CPU, {threads} torch thread(s)), median of the runs after a warm-up (no warm-up for a single run). "
         f"Reference: full float64 squared-distance matrices from `scipy.spatial.distance.cdist` "
         f"(single-threaded), then `exp` and the sums of Gretton et al. (2012) eq. (3), one run. "

@@ -7,7 +7,7 @@ Usage::
 Each ``notebooks/*.ipynb`` runs through papermill with ``profile="smoke"`` as CI's
 ``tests/test_notebooks.py`` runs it: output notebook and results CSVs in a temporary
 folder (never ``book/``), working directory the repository, and an empty run cache of
-its own (``NBS_CACHE``, see :func:`nbs_lib.runs.default_cache_dir`), so every
+its own (``NBS_CACHE``, see :func:`nbs_lib.core.runs.default_cache_dir`), so every
 notebook pays for its own training and attacks, kernel start included. A notebook
 that fails is reported as failed and the others still run. ``--quick``: only the
 first notebook.

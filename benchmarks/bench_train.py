@@ -1,4 +1,4 @@
-"""One training epoch through ``nbs_lib.train.fit`` against a plain PyTorch loop.
+"""One training epoch through ``nbs_lib.methods.train.loop.fit`` against a plain PyTorch loop.
 
 Usage::
 
@@ -34,8 +34,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_attacks import _digits_32  # noqa: E402
-from nbs_lib.models import load_model  # noqa: E402
-from nbs_lib.train import TrainConfig, fit  # noqa: E402
+from nbs_lib.methods.train.config import TrainConfig  # noqa: E402
+from nbs_lib.methods.train.loop import fit  # noqa: E402
+from nbs_lib.models.registry import load_model  # noqa: E402
 
 CONFIG = TrainConfig("full", epochs=1, batch_size=64, lr_f=5e-4, lr_g=1e-3)
 

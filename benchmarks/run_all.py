@@ -30,7 +30,7 @@ BENCHMARKS = {
     "AutoAttack: our wrapper against torchattacks' own call": bench_autoattack,
     "SVCCA and linear CKA: ours against float64 NumPy/SciPy": bench_cca,
     "MMD: ours against the SciPy cdist reference": bench_mmd,
-    "Training: one epoch through nbs_lib.train.fit against a plain PyTorch loop": bench_train,
+    "Training: one epoch through nbs_lib.methods.train.loop.fit against a plain PyTorch loop": bench_train,
     "Smoke run of every notebook": bench_notebooks,
 }
 
@@ -50,7 +50,7 @@ def attack_notes(rows: list[dict]) -> list[str]:
         "## Notes", "",
         f"* PGD-k against its floor: our PGD-10 takes {ratios} times the time of 10 plain "
         f"forward+backward passes with respect to the input (1 is the floor): {verdict}.",
-        "* Attack loops take gradients with respect to the input only: `nbs_lib.attacks.attack_mode` "
+        "* Attack loops take gradients with respect to the input only: `nbs_lib.core.device.frozen_eval` "
         "puts the model in eval mode and sets `requires_grad=False` on every parameter for the "
         "attack, the gradient is `torch.autograd.grad(loss, x_adv)`, and the flags and modes are "
         "restored afterwards. No weight gradient is computed or stored; "

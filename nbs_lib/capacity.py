@@ -1,115 +1,15 @@
-"""Chapter 5: model capacity and source-task difficulty (paper Tables 3 and 4).
+"""Old flat name, kept only for the executed chapter(s) 05 in ``book/``.
 
-Paper section "Factors Influencing Robustness of Fine-tuned Model":
-
-* **Capacity** (Table 3): the chapter 1 protocol (full fine-tuning, PGD-10#0.5) for
-  pre-trained backbones of growing size, averaged over the targets; the paper finds DR
-  falling from 81.5 (ResNet-18) to 69.1 (Wide-ResNet-101-2). :func:`capacity_study`.
-* **Task difficulty** (Table 4): two sources with the same number of images and classes,
-  one semantically richer, each used to pre-train the same backbone, each fine-tuned on
-  two related targets; the paper finds the richer source (ImageNet-10animals against
-  CIFAR-10) gives higher AOI *and* higher DR. :func:`difficulty_study`.
+Their code cells import ``nbs_lib.capacity``; the chapters are re-executed with the layered
+imports by this round's issues, and this module goes when the last of them has been.
+New code imports ``nbs_lib.studies.ch05_capacity_difficulty``.
 """
 
-from __future__ import annotations
-
-import pandas as pd
-from tqdm.auto import tqdm
-
-from .models import load_model, model_info
-from .profiles import Profile, get_profile
-from .pretrain import finetune_from_source, pretrain_source, source_table
-from .robustness import TABLE1_ATTACK, attack_sample, evaluate_cached, sample_id
-from .runs import RunCache
-from .train import train_model
-
-CAPACITY_ARCHS = {"mini": ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
-                  "paper": ("resnet18", "resnet50", "resnet101", "wide_resnet50_2", "wide_resnet101_2")}
-DIFFICULTY = {"sources": ("alphabet", "alphabet-lowres"), "targets": ("mnist", "digits")}
-
-
-def capacity_archs(profile: Profile) -> tuple[str, ...]:
-    return CAPACITY_ARCHS.get(profile.name, CAPACITY_ARCHS["mini"])
-
-
-def capacity_study(datasets, profile: str | Profile = "mini", archs=None, weights="imagenet", seed: int = 0,
-                   device="auto", cache: RunCache | None = None, attack: str = TABLE1_ATTACK,
-                   progress: bool = True) -> pd.DataFrame:
-    """Fully fine-tuned models of every backbone on every target, attacked (Table 3).
-
-    The first backbone gets the profile's learning-rate search (as in chapter 1, from
-    whose cache it usually loads); the larger ones reuse the learning rates it chose
-    on each target, so the comparison changes the backbone only (and costs one
-    training per backbone and target). Columns ``backbone, size_mb, dataset, aoi, aai,
-    dr, lr_f, lr_g, val_acc``.
-    """
-    profile = get_profile(profile)
-    archs = list(archs or capacity_archs(profile))
-    cache = cache or RunCache()
-    rows, chosen = [], {}
-    for arch in tqdm(archs, desc="backbones", disable=not progress):
-        size = model_info(load_model(arch, weights=None, num_classes=10)).size_mb
-        for dataset in datasets:
-            lr = chosen.get(dataset, {})
-            tm = train_model(dataset, "full", profile, arch=arch, weights=weights, seed=seed, device=device,
-                             cache=cache, progress=progress, **lr)
-            if arch == archs[0]:
-                chosen[dataset] = {"lr_f": tm.config["train"]["lr_f"], "lr_g": tm.config["train"]["lr_g"]}
-            images, labels, _ = attack_sample(dataset, profile, seed)
-            row = evaluate_cached(tm, images, labels, [attack], sample_id(dataset, images, labels), device,
-                                  cache, progress, profile)[0]
-            rows.append({"backbone": arch, "size_mb": size, "dataset": dataset, "aoi": row["aoi"],
-                         "aai": row["aai"], "dr": row["dr"], "lr_f": tm.config["train"]["lr_f"],
-                         "lr_g": tm.config["train"]["lr_g"], "val_acc": tm.val_acc})
-    return pd.DataFrame(rows)
-
-
-def table3_layout(frame: pd.DataFrame) -> pd.DataFrame:
-    """Means over the targets per backbone, as the paper's Table 3 (backbones as columns)."""
-    mean = frame.groupby("backbone", sort=False)[["size_mb", "aoi", "aai", "dr"]].mean()
-    return mean.round(2).T
-
-
-def difficulty_study(profile: str | Profile = "mini", sources=DIFFICULTY["sources"],
-                     targets=DIFFICULTY["targets"], seed: int = 0, device="auto",
-                     cache: RunCache | None = None, attack: str = TABLE1_ATTACK,
-                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pre-train one backbone on each source, fine-tune it on each target (Table 4).
-
-    Returns ``(table, sources)``: per source and target the fully fine-tuned model's
-    AOI, AAI and DR; and per source model its own accuracy (:func:`source_table`).
-    """
-    cache = cache or RunCache()
-    rows, models = [], []
-    for source in sources:
-        model = pretrain_source(source, profile, seed=seed, device=device, cache=cache, progress=progress)
-        models.append(model)
-        table, _ = finetune_from_source(targets, model, profile, [attack], ("full",), seed, device, cache,
-                                        progress)
-        rows.append(table.assign(source=source))
-    table = pd.concat(rows, ignore_index=True)[["source", "dataset", "aoi", "aai", "dr"]]
-    return table, source_table(models)
-
-
-def table4_layout(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sources as rows, (target, metric) as columns, as the paper's Table 4."""
-    return frame.pivot_table(index="source", columns="dataset", values=["aoi", "aai", "dr"],
-                             sort=False).swaplevel(axis=1).sort_index(axis=1, level=0).round(2)
-
-
-def chapter_results(capacity: pd.DataFrame, difficulty: pd.DataFrame, source_models: pd.DataFrame,
-                    difficulty_backbone: str) -> pd.DataFrame:
-    """The chapter's numbers in one table: ``experiment, source, backbone, dataset, aoi, aai, dr``.
-
-    Source models appear as ``experiment="source model"`` with their clean (``aoi``) and
-    robust (``aai``) accuracy on their own test sample.
-    """
-    cap = capacity.assign(experiment="capacity", source="imagenet")
-    dif = difficulty.assign(experiment="difficulty", backbone=difficulty_backbone)
-    src = pd.DataFrame({"experiment": "source model", "source": source_models["source"] + " / "
-                        + source_models["pre-training"], "backbone": difficulty_backbone,
-                        "dataset": source_models["source"], "aoi": source_models["test_acc"],
-                        "aai": source_models["robust_acc"]})
-    src["dr"] = 100 * (src.aoi - src.aai) / src.aoi
-    columns = ["experiment", "source", "backbone", "dataset", "aoi", "aai", "dr"]
-    return pd.concat([cap[columns], dif[columns], src[columns]], ignore_index=True)
+from nbs_lib.studies.ch05_capacity_difficulty import (  # noqa: F401
+    capacity_archs,
+    capacity_study,
+    chapter_results,
+    difficulty_study,
+    table3_layout,
+    table4_layout,
+)

@@ -1,4 +1,4 @@
-"""Tests of nbs_lib.attacks: the paper's attack notation, threat-model bounds and the
+"""Tests of nbs_lib.methods.attacks: the paper's attack notation, threat-model bounds and the
 field's sanity checks for attack implementations (on a tiny model trained on digits)."""
 
 from __future__ import annotations
@@ -9,16 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from nbs_lib.attacks import (
+from nbs_lib.methods.attacks import (
     AttackSpec,
     adversarial_batches,
     attack,
-    autoattack,
     fgsm,
     parse_attack,
     pgd,
 )
-
 
 # --------------------------------------------------------------------------- fixtures
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,6 +1,11 @@
-from nbs_lib.capacity import capacity_study, difficulty_study, table3_layout, table4_layout
-from nbs_lib.profiles import get_profile
-from nbs_lib.runs import RunCache
+from nbs_lib.core.profiles import get_profile
+from nbs_lib.core.runs import RunCache
+from nbs_lib.studies.ch05_capacity_difficulty import (
+    capacity_study,
+    difficulty_study,
+    table3_layout,
+    table4_layout,
+)
 
 
 def test_capacity_reuses_the_first_backbones_learning_rates(tmp_path):

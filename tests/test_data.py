@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nbs_lib import data
-from nbs_lib.profiles import get_profile
+from nbs_lib.core.profiles import get_profile
 
 SMOKE = get_profile("smoke")  # 32x32, 12 train / 4 test per class
 N_CLASSES = {"alphabet": 26, "fashion_mnist": 10, "mnist": 10, "digits": 10,
@@ -242,7 +242,7 @@ def test_train_val_split_edge_cases():
 # Generated sets near to far from natural photographs, and the source sample
 # ---------------------------------------------------------------------------
 
-from nbs_lib import synthetic  # noqa: E402
+from nbs_lib.data import generators as synthetic  # noqa: E402
 
 CLASSES = {
     "photo_patches": ["motorcycle", "camera", "coins", "hubble_deep_field", "retina",
@@ -382,7 +382,7 @@ def test_natural_photo_sample_folder_errors(tmp_path):
 
 
 def test_lowres_variant_keeps_labels_and_removes_detail():
-    from nbs_lib.data import load_dataset
+    from nbs_lib.data.registry import load_dataset
     plain = load_dataset("alphabet", "train", "smoke")
     low = load_dataset("alphabet-lowres", "train", "smoke")
     assert torch.equal(plain.labels, low.labels) and low.images.shape == plain.images.shape

@@ -7,11 +7,11 @@ Two runs, each compared parameter by parameter with the same fit in one process:
   Checks the global batch order, the augmentation of the global batch, the loss
   shares on uneven slices and DDP's gradient average over two epochs.
 * ``full``: every layer trained, BatchNorm in training mode with the statistics of
-  the global batch (:class:`nbs_lib.distributed.GlobalBatchNorm` over gloo), two SGD
+  the global batch (:class:`nbs_lib.core.distributed.GlobalBatchNorm` over gloo), two SGD
   steps on batches of 15 (8/7) and 10 (5/5).
 
-The same launch then runs the command line (``nbs_lib.distributed.main``, what
-``torchrun -m nbs_lib.distributed`` calls) on digits at the smoke profile, to check
+The same launch then runs the command line (``nbs_lib.core.distributed.main``, what
+``torchrun -m nbs_lib.core.distributed`` calls) on digits at the smoke profile, to check
 that only rank 0 writes the run cache and that a one-process ``train_model`` then
 finds the model there.
 
@@ -32,10 +32,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nbs_lib import distributed
-from nbs_lib.models import load_model
-from nbs_lib.runs import RunCache
-from nbs_lib.train import TrainConfig, fit, train_model
+from nbs_lib.core import distributed
+from nbs_lib.core.runs import RunCache
+from nbs_lib.methods.train.config import TrainConfig
+from nbs_lib.methods.train.loop import fit
+from nbs_lib.methods.train.recipes import train_model
+from nbs_lib.models.registry import load_model
 
 WORLD = 2
 TOLERANCE = 1e-5
@@ -149,7 +151,7 @@ def test_only_rank_0_writes_the_cache_and_one_process_reuses_it(launch, monkeypa
     def no_training(*args, **kwargs):
         raise AssertionError("the model of the distributed run should have been found in the cache")
 
-    monkeypatch.setattr("nbs_lib.train.fit", no_training)
+    monkeypatch.setattr("nbs_lib.methods.train.loop.fit", no_training)
     trained = train_model("digits", "standard", profile="smoke", arch="resnet18", device="cpu",
                           cache=RunCache(tmp / "cache"), progress=False)
     assert trained.history == results[0]["cli"]["history"]

@@ -1,10 +1,9 @@
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from nbs_lib.distance import correlations, mmd_study, source_target_mmd
-from nbs_lib.runs import RunCache
+from nbs_lib.core.runs import RunCache
+from nbs_lib.studies.ch04_mmd_vs_dr import correlations, mmd_study, source_target_mmd
 
 
 def test_correlations_of_a_monotone_relation():

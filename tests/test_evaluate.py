@@ -1,4 +1,4 @@
-"""Tests of nbs_lib.evaluate: AOI, AAI, DR (Table 1) and the tidy robustness tables."""
+"""Tests of nbs_lib.methods.evaluate: AOI, AAI, DR (Table 1) and the tidy robustness tables."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from nbs_lib.evaluate import (
+from nbs_lib.methods.evaluate import (
     RobustnessResult,
     accuracy,
     accuracy_vs_epsilon,
@@ -19,7 +19,6 @@ from nbs_lib.evaluate import (
     robust_accuracy,
     robustness_table,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

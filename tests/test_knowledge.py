@@ -4,10 +4,18 @@ import pandas as pd
 import pytest
 import torch
 
-from nbs_lib.knowledge import (CHANCE, PAIRS, compare_models, figure3_table, knowledge_observations,
-                               measure_similarity, shuffle_images, similarity_study)
-from nbs_lib.models import load_model
-from nbs_lib.runs import RunCache
+from nbs_lib.core.runs import RunCache
+from nbs_lib.models.registry import load_model
+from nbs_lib.studies.ch02_cca_similarity import (
+    CHANCE,
+    PAIRS,
+    compare_models,
+    figure3_table,
+    knowledge_observations,
+    measure_similarity,
+    shuffle_images,
+    similarity_study,
+)
 
 
 def test_shuffle_moves_whole_images():
@@ -60,7 +68,7 @@ def test_claims_count_only_datasets_with_values():
             for pair, value in (("ft-pt", ftpt), ("ft-st", ftst), ("pt-st", 20), (CHANCE, 5)):
                 rows.append({"dataset": dataset, "pair": pair, "layers": layers, "measure": "cca",
                              "reduction": "pool", "similarity": value})
-    from nbs_lib.knowledge import claims_vs_paper
+    from nbs_lib.studies.ch02_cca_similarity import claims_vs_paper
     table = claims_vs_paper(pd.DataFrame(rows), modes=("pool",))
     col = table["CCA, pool"]
     assert col["ft closer to pt than to st (bottom)"] == "1 of 2 datasets"

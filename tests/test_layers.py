@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from nbs_lib.layers import layer_matrices, maps_to_matrix, position_choice
-from nbs_lib.models import load_model
+from nbs_lib.models.layers import layer_matrices, maps_to_matrix, position_choice
+from nbs_lib.models.registry import load_model
 
 
 def _maps(n=3):

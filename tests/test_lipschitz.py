@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from nbs_lib.similarity import local_lipschitz
-from nbs_lib.similarity.lipschitz import lipschitz_pgd, lipschitz_ratio
+from nbs_lib.methods.similarity import local_lipschitz
+from nbs_lib.methods.similarity.lipschitz import lipschitz_pgd, lipschitz_ratio
 
 
 class Linear(nn.Module):

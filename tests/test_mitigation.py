@@ -1,11 +1,19 @@
 import pytest
 import torch
 
-from nbs_lib.mitigation import (METHODS, best_method, feature_spread, lambda_sweep, method_settings,
-                                method_study, steepness_table, table5_layout)
-from nbs_lib.pretrain import pretrain_source
-from nbs_lib.profiles import get_profile
-from nbs_lib.runs import RunCache
+from nbs_lib.core.profiles import get_profile
+from nbs_lib.core.runs import RunCache
+from nbs_lib.report.tables import table5_layout
+from nbs_lib.studies.ch06_dm_regularisation import (
+    METHODS,
+    best_method,
+    feature_spread,
+    lambda_sweep,
+    method_settings,
+    method_study,
+    steepness_table,
+)
+from nbs_lib.studies.sources import pretrain_source
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of nbs_lib.similarity.discrepancy: the squared MMD of Gretton et al. (2012) against a
+"""Tests of nbs_lib.methods.similarity.discrepancy: the squared MMD of Gretton et al. (2012) against a
 brute-force double loop and a closed form, its blocked computation, the median
 heuristic, the permutation test and the input checks."""
 
@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from nbs_lib.similarity.discrepancy import median_bandwidth, mmd, mmd_permutation_test
+from nbs_lib.methods.similarity.discrepancy import (
+    median_bandwidth,
+    mmd,
+    mmd_permutation_test,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

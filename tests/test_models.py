@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from nbs_lib.imagenet import photo
-from nbs_lib.models import (available_architectures, load_model, model_info)
+from nbs_lib.models.imagenet import photo
+from nbs_lib.models.registry import available_architectures, load_model, model_info
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 RESNETS = ["resnet18", "resnet50", "resnet101", "wide_resnet50_2", "wide_resnet101_2"]

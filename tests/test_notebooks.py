@@ -9,7 +9,13 @@ import nbformat
 import papermill
 import pytest
 
-from nbs_lib.notebooks import REQUIRED_PARAMETERS, code_cells, has_outputs, parameters_cell, stale_reason
+from nbs_lib.report.notebooks import (
+    REQUIRED_PARAMETERS,
+    code_cells,
+    has_outputs,
+    parameters_cell,
+    stale_reason,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))

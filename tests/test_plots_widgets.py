@@ -4,12 +4,15 @@ matplotlib.use("Agg")
 
 import ipywidgets as W
 import pandas as pd
-import torch
 
-from nbs_lib.data import load_dataset
-from nbs_lib.models import load_model
-from nbs_lib.plots import accuracy_vs_epsilon, example_grid, training_curves
-from nbs_lib.widgets import adversarial_explorer, dataset_browser, linked_selector
+from nbs_lib.data.registry import load_dataset
+from nbs_lib.models.registry import load_model
+from nbs_lib.report.plots import accuracy_vs_epsilon, example_grid, training_curves
+from nbs_lib.report.widgets import (
+    adversarial_explorer,
+    dataset_browser,
+    linked_selector,
+)
 
 
 def test_linked_selector_links_control_and_stack():

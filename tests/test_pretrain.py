@@ -1,13 +1,18 @@
 import pytest
 import torch
 
-from nbs_lib.models import load_model
-from nbs_lib.mitigation import method_settings
-from nbs_lib.pretrain import checkpoint_source, finetune_from_source, pretrain_source, source_table
-from nbs_lib.robust_transfer import external_source
-from nbs_lib.profiles import get_profile
-from nbs_lib.runs import RunCache
-from nbs_lib.train import TrainConfig, config_key
+from nbs_lib.core.profiles import get_profile
+from nbs_lib.core.runs import RunCache
+from nbs_lib.methods.train.config import TrainConfig, config_key
+from nbs_lib.models.registry import load_model
+from nbs_lib.studies.ch06_dm_regularisation import method_settings
+from nbs_lib.studies.ch07_robust_transfer import external_source
+from nbs_lib.studies.sources import (
+    checkpoint_source,
+    finetune_from_source,
+    pretrain_source,
+    source_table,
+)
 
 
 def test_old_cache_keys_survive_the_adversarial_field():

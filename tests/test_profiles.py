@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from nbs_lib.profiles import available_profiles, get_profile, resolve_device, seed_everything
+from nbs_lib.core.device import resolve_device, seed_everything
+from nbs_lib.core.profiles import available_profiles, get_profile
 
 
 def test_three_profiles_grow_in_size():

@@ -5,10 +5,13 @@ import math
 import pytest
 import torch
 
-from nbs_lib.data import LabeledImages
-from nbs_lib.models import load_model, torchvision_resnet_state
-from nbs_lib.similarity import local_lipschitz
-from nbs_lib.train import TrainConfig, config_key, fit, model_config, weights_id
+from nbs_lib.data.images import LabeledImages
+from nbs_lib.methods.similarity import local_lipschitz
+from nbs_lib.methods.train.config import TrainConfig, config_key
+from nbs_lib.methods.train.loop import fit
+from nbs_lib.methods.train.recipes import model_config, weights_id
+from nbs_lib.models.registry import load_model
+from nbs_lib.models.resnet import torchvision_resnet_state
 
 
 def _blobs(n=32, size=16, seed=0):
@@ -21,7 +24,7 @@ def _blobs(n=32, size=16, seed=0):
 
 
 def _source_file(path, seed):
-    """A ResNet-18 'source' exported like nbs_lib.pretrain does (5 source classes)."""
+    """A ResNet-18 'source' exported like nbs_lib.studies.sources does (5 source classes)."""
     torch.save(torchvision_resnet_state(load_model("resnet18", None, num_classes=5, seed=seed)), path)
     return str(path)
 
@@ -122,7 +125,7 @@ def test_plain_configs_keep_their_cache_keys():
 
 
 def test_the_teacher_enters_the_key_by_content(sources, tmp_path):
-    from nbs_lib.profiles import get_profile
+    from nbs_lib.core.profiles import get_profile
 
     data = _blobs(n=8)
     prof = get_profile("smoke")
@@ -135,7 +138,7 @@ def test_the_teacher_enters_the_key_by_content(sources, tmp_path):
 
 
 def test_train_model_passes_the_regime_fields(sources, monkeypatch):
-    import nbs_lib.train as train_module
+    import nbs_lib.methods.train.config as train_module
 
     seen = []
 

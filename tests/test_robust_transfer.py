@@ -3,16 +3,33 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nbs_lib.attacks import pgd
-from nbs_lib.data import LabeledImages
-from nbs_lib.models import load_model
-from nbs_lib.profiles import get_profile
-from nbs_lib.robust_transfer import (active_components, anti_robust_images, anti_robust_splits, colour_spread,
-                                     curve_summary, derangement, image_roughness, ladder_spec, noise_seed_images,
-                                     pretrain_robustified, random_other_classes, robustify_images, source_eps,
-                                     source_ladder, standard_target_model, target_datasets, transfer_curve,
-                                     transfer_study, visualise_features, visualisation_grid)
-from nbs_lib.runs import RunCache
+from nbs_lib.core.profiles import get_profile
+from nbs_lib.core.runs import RunCache
+from nbs_lib.data.images import LabeledImages
+from nbs_lib.methods.attacks import pgd
+from nbs_lib.models.registry import load_model
+from nbs_lib.studies.ch07_robust_transfer import (
+    active_components,
+    anti_robust_images,
+    anti_robust_splits,
+    colour_spread,
+    curve_summary,
+    derangement,
+    image_roughness,
+    ladder_spec,
+    noise_seed_images,
+    pretrain_robustified,
+    random_other_classes,
+    robustify_images,
+    source_eps,
+    source_ladder,
+    standard_target_model,
+    target_datasets,
+    transfer_curve,
+    transfer_study,
+    visualisation_grid,
+    visualise_features,
+)
 
 
 @pytest.fixture(scope="module")

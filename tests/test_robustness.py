@@ -1,11 +1,12 @@
 import pandas as pd
 import pytest
 
-from nbs_lib import paper
-from nbs_lib.profiles import get_profile
-from nbs_lib.robustness import (attack_sample, autoattack_budget, compare_with_paper, epsilon_curves,
-                                observations, paper_layout, robustness_study, table2_layout)
-from nbs_lib.runs import RunCache
+from nbs_lib.core.profiles import get_profile
+from nbs_lib.core.runs import RunCache
+from nbs_lib.report import paper
+from nbs_lib.report.tables import compare_with_paper, paper_layout, table2_layout
+from nbs_lib.studies.ch01_robustness import epsilon_curves, observations
+from nbs_lib.studies.common import attack_sample, autoattack_budget, robustness_study
 
 
 def test_attack_sample_is_balanced_and_deterministic():
@@ -32,7 +33,7 @@ def test_study_table_and_result_cache(tmp_path, monkeypatch):
     assert len(table) == 3 * 2 and set(models) == {("digits", r) for r in ("standard", "partial", "full")}
     assert (table["aai"] <= table["aoi"]).all()
     # the second run reads every number from the cache
-    import nbs_lib.robustness as rob
+    import nbs_lib.studies.common as rob
     monkeypatch.setattr(rob, "evaluate_robustness", lambda *a, **k: pytest.fail("re-attacked"))
     again, _ = robustness_study(**kwargs)
     pd.testing.assert_frame_equal(table, again)
@@ -65,7 +66,7 @@ def test_compare_with_paper_only_compares_common_attacks():
 
 
 def test_attack_sanity_flags(tmp_path):
-    from nbs_lib.robustness import attack_sanity
+    from nbs_lib.studies.ch01_robustness import attack_sanity
 
     cache = RunCache(tmp_path)
     table, models = robustness_study(["digits"], "smoke", device="cpu", cache=cache, progress=False)

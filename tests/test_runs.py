@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from nbs_lib.runs import RunCache, config_key, default_cache_dir
+from nbs_lib.core.runs import RunCache, config_key, default_cache_dir
 
 
 def test_key_depends_on_every_field_and_not_on_order():

@@ -2,9 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from nbs_lib.similarity import canonical_correlations, cca_similarity, linear_cka
-from nbs_lib.similarity.cca import svd_reduce
-from nbs_lib.similarity.reference import cca_numpy, cka_numpy
+from nbs_lib.methods.similarity import (
+    canonical_correlations,
+    cca_similarity,
+    linear_cka,
+)
+from nbs_lib.methods.similarity.cca import svd_reduce
+from nbs_lib.methods.similarity.reference import cca_numpy, cka_numpy
 
 
 def _pair(n=400, d1=12, d2=9, shared=5, noise=0.5, seed=0):

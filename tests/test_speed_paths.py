@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-import nbs_lib.train as train_module
-from nbs_lib.attacks import pgd
-from nbs_lib.models import FeatureExtractor, Normalize, SplitClassifier
-from nbs_lib.train import TrainConfig, fit
+import nbs_lib.methods.train.config as train_module
+from nbs_lib.methods.attacks import pgd
+from nbs_lib.methods.train.config import TrainConfig
+from nbs_lib.methods.train.loop import fit
+from nbs_lib.models.split import FeatureExtractor, Normalize, SplitClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Targeted UAPs, their measures, snapshots along training and input gradients (nbs_lib.uap)."""
+"""Targeted UAPs, their measures, snapshots along training and input gradients (nbs_lib.methods.uap)."""
 
 import math
 
@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from nbs_lib.models import load_model
-from nbs_lib.runs import RunCache
-from nbs_lib.train import TrainConfig, fit
-from nbs_lib.uap import (
+from nbs_lib.core.runs import RunCache
+from nbs_lib.methods.train.config import TrainConfig, fit
+from nbs_lib.methods.uap import (
     ResnetGenerator,
     UAPGenerator,
     accuracy_under_perturbation,
@@ -25,6 +24,7 @@ from nbs_lib.uap import (
     uap_cached,
     uap_eps,
 )
+from nbs_lib.models.registry import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -259,7 +259,7 @@ def test_bad_budgets_and_targets_are_clear_errors():
 
 
 def test_uap_cached_trains_once_per_config(tmp_path, monkeypatch):
-    import nbs_lib.uap as uap_module
+    import nbs_lib.methods.uap as uap_module
 
     images, _ = channel_images()
     cache = RunCache(tmp_path)
@@ -383,7 +383,7 @@ def test_input_gradient_points_to_the_target_and_leaves_weights_alone():
 
 
 def test_universal_pgd_reference_stays_in_bound_and_drives_to_the_target(squares_model):
-    from nbs_lib.uap import universal_pgd
+    from nbs_lib.methods.uap import universal_pgd
     model, train, test = squares_model
     delta = universal_pgd(model, train.images, 0, eps=32, steps=30, batch_size=16, device="cpu")
     assert delta.abs().max() <= 32 / 255 + 1e-6

@@ -2,12 +2,22 @@ import pandas as pd
 import pytest
 import torch
 
-from nbs_lib.profiles import get_profile
-from nbs_lib.robustness import attack_sample, train_three
-from nbs_lib.runs import RunCache
-from nbs_lib.uap_probe import (class_template, gradient_maps, letter_uaps, random_sign_noise,
-                               semantic_alignment, source_uap, source_uap_transfer,
-                               success_along_training, uap_results, uap_table, uap_training_images)
+from nbs_lib.core.profiles import get_profile
+from nbs_lib.core.runs import RunCache
+from nbs_lib.studies.ch03_uap import (
+    class_template,
+    gradient_maps,
+    letter_uaps,
+    random_sign_noise,
+    semantic_alignment,
+    source_uap,
+    source_uap_transfer,
+    success_along_training,
+    uap_results,
+    uap_table,
+    uap_training_images,
+)
+from nbs_lib.studies.common import attack_sample, train_three
 
 
 def test_semantic_alignment_sees_a_drawn_template():

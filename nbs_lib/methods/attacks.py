@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import re
@@ -39,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbs_lib.profiles import autocast as _autocast, resolve_device
+from nbs_lib.core.device import autocast as _autocast
+from nbs_lib.core.device import frozen_eval, resolve_device
 
 __all__ = [
     "AttackSpec",
@@ -49,7 +49,6 @@ __all__ = [
     "autoattack",
     "attack",
     "adversarial_batches",
-    "attack_mode",
     "ACCEPTED_FORMS",
 ]
 
@@ -189,30 +188,6 @@ def parse_attack(spec: str | AttackSpec) -> AttackSpec:
 # --------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def attack_mode(model: nn.Module):
-    """Evaluate ``model`` in eval mode with frozen parameters; restore both afterwards.
-
-    Every module's ``training`` flag and every parameter's ``requires_grad`` flag are
-    recorded and put back exactly (so a model with a frozen, eval-mode backbone inside
-    a training-mode classifier comes back as it was). Freezing the parameters means
-    backward passes compute gradients for the input only and leave no ``.grad`` on
-    the weights. Nested use is fine.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def _check_eps(eps: float, norm: str) -> float:
     if norm not in ("Linf", "L2"):
         raise ValueError(f"Unknown norm {norm!r}; use 'Linf' or 'L2'.")
@@ -268,7 +243,7 @@ def fgsm(
     x = x.detach()
     if eps == 0:
         return x.clone()
-    with attack_mode(model):
+    with frozen_eval(model):
         x_adv = x.clone().requires_grad_(True)
         grad = _input_grad(model, x_adv, y, _autocast(x.device, amp, amp_dtype))
         with torch.no_grad():
@@ -325,7 +300,7 @@ def pgd(
         return x.clone()
     cast = _autocast(x.device, amp, amp_dtype)
 
-    with attack_mode(model):
+    with frozen_eval(model):
         with torch.no_grad():
             x_adv = x.clone()
             if random_start:
@@ -404,7 +379,7 @@ def autoattack(
         return x.clone()
     devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()] \
         if x.device.type == "cuda" else []
-    with attack_mode(model), torch.random.fork_rng(devices=devices):
+    with frozen_eval(model), torch.random.fork_rng(devices=devices):
         n_classes = min(_num_classes(model, x), 10)
         aa = torchattacks.AutoAttack(
             model, norm=norm, eps=eps, version=version, n_classes=n_classes, seed=seed,

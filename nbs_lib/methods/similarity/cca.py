@@ -34,7 +34,7 @@ def _as_matrix(x, name: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D (data points x neurons); got shape {tuple(t.shape)}. "
-                         "Flatten or pool feature maps first (see nbs_lib.layers).")
+                         "Flatten or pool feature maps first (see nbs_lib.models.layers).")
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} holds NaN or infinite values.")
     return t.detach().to(torch.float64)
@@ -55,7 +55,7 @@ def _check_pair(x, y, need_rows_over_columns: bool) -> tuple[torch.Tensor, torch
             raise ValueError(
                 f"CCA needs at least as many data points as neurons: n={a.shape[0]} < d={d}. With "
                 "fewer, every canonical correlation is trivially 1. Use more images, treat "
-                "positions as data points (nbs_lib.layers, mode='positions'), or pool the maps.")
+                "positions as data points (nbs_lib.models.layers, mode='positions'), or pool the maps.")
     return a, b
 
 

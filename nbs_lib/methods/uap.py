@@ -27,7 +27,7 @@ Design choices
 * **Pixel space.** Images are in [0, 1] and normalisation is the model's first layer,
   so a perturbation is added to raw pixels and the result is clamped to [0, 1]
   (clamping can only shrink the effective perturbation, so the bound still holds).
-* **Budgets in the paper's notation**, as in :mod:`nbs_lib.attacks`: for ``norm="Linf"``
+* **Budgets in the paper's notation**, as in :mod:`nbs_lib.methods.attacks`: for ``norm="Linf"``
   ``eps`` is in units of 1/255 (``eps=10`` is 10/255); for ``norm="L2"`` it is the L2
   radius on the [0, 1] scale, as in the attack specs ``PGD-20-L2#0.5``. Anything not
   in (0, 255] is an error.
@@ -53,7 +53,7 @@ Design choices
   ``view="grey"`` is therefore ``clamp(0.5 + delta, 0, 1)``; ``view="rescaled"`` feeds
   ``(delta - min) / (max - min)``, the contrast-stretched picture in which UAPs are
   usually displayed (Figure 4(a)).
-* Models are evaluated in eval mode with frozen parameters (:func:`nbs_lib.attacks.attack_mode`,
+* Models are evaluated in eval mode with frozen parameters (:func:`nbs_lib.core.device.frozen_eval`,
   which restores modes and ``requires_grad`` afterwards): gradients are taken with
   respect to the generator or the input only, never left on the model's weights.
   bf16 autocast is used on CUDA only (``amp=True``); the CPU path is float32.
@@ -74,10 +74,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import attack_mode
-from .evaluate import RobustnessResult, decline_ratio
-from .profiles import autocast as _autocast, resolve_device
-from .runs import RunCache
+from nbs_lib.core.device import autocast as _autocast
+from nbs_lib.core.device import frozen_eval, resolve_device
+from nbs_lib.core.runs import RunCache
+from nbs_lib.methods.evaluate import RobustnessResult, decline_ratio
 
 __all__ = [
     "ResnetGenerator",
@@ -114,7 +114,7 @@ def uap_eps(eps: float, norm: str = "Linf") -> float:
     """The budget on the [0, 1] pixel scale from the paper's notation.
 
     L-inf: ``eps`` in units of 1/255 (``10`` -> ``10/255``). L2: the radius on the [0, 1]
-    scale, taken as written (the convention of :class:`nbs_lib.attacks.AttackSpec`).
+    scale, taken as written (the convention of :class:`nbs_lib.methods.attacks.AttackSpec`).
     Raises ``ValueError`` for an unknown norm and for ``eps`` outside (0, 255].
     """
     if norm not in NORMS:
@@ -161,7 +161,7 @@ def _num_classes(model: nn.Module, example: torch.Tensor) -> int:
     if isinstance(n, int):
         return n
     device = next((p.device for p in model.parameters()), example.device)
-    with attack_mode(model), torch.no_grad():
+    with frozen_eval(model), torch.no_grad():
         return int(model(example[:1].to(device)).shape[-1])
 
 
@@ -375,7 +375,7 @@ def train_uap(model: nn.Module, images, target: int | str, eps: float = 10.0, no
     hit_sum = torch.zeros((), device=dev)
     seen = 0
     order, pos = torch.randperm(n, generator=order_gen), 0
-    with attack_mode(model):
+    with frozen_eval(model):
         bar = tqdm(range(1, steps + 1), desc=f"UAP -> class {target}", leave=False, disable=not progress)
         for step in bar:
             idx = []
@@ -426,7 +426,7 @@ def universal_pgd(model: nn.Module, images, target: int | str, eps: float = 10.0
     target = _resolve_target(target, _num_classes(model, x_all), classes)
     g = torch.Generator().manual_seed(seed)
     delta = torch.zeros((1, *x_all.shape[1:]), device=dev, requires_grad=True)
-    with attack_mode(model), torch.enable_grad():
+    with frozen_eval(model), torch.enable_grad():
         for _ in range(int(steps)):
             idx = torch.randint(0, len(x_all), (min(batch_size, len(x_all)),), generator=g)
             x = x_all[idx].to(dev)
@@ -452,9 +452,9 @@ def uap_cached(trained_model_config: dict, model: nn.Module, images, target: int
                cache: RunCache | None = None) -> UAPResult:
     """:func:`train_uap` through the run cache: a second call with the same key loads the UAP.
 
-    The key (as in :func:`nbs_lib.robustness.evaluate_cached`) is the trained model's
+    The key (as in :func:`nbs_lib.studies.common.evaluate_cached`) is the trained model's
     config (``TrainedModel.config``), the identity of the image sample (``sample``,
-    e.g. :func:`nbs_lib.robustness.sample_id`; by default a content hash of ``images``)
+    e.g. :func:`nbs_lib.studies.common.sample_id`; by default a content hash of ``images``)
     and every UAP hyper-parameter (:func:`uap_config`). ``amp`` and the device are not
     part of it, as for cached attacks.
     """
@@ -500,7 +500,7 @@ def predictions(model: nn.Module, images, delta: torch.Tensor | None = None, bat
     dev = resolve_device(device)
     model.to(dev)
     out = []
-    with attack_mode(model):
+    with frozen_eval(model):
         for i in tqdm(range(0, len(x_all), batch_size), desc="UAP eval", leave=False, disable=not progress):
             x = apply_perturbation(x_all[i:i + batch_size].to(dev, non_blocking=True), delta)
             with _autocast(dev, amp):
@@ -553,9 +553,9 @@ def accuracy_under_perturbation(model: nn.Module, images, labels: torch.Tensor, 
                                 progress: bool = False, name: str = "UAP") -> RobustnessResult:
     """AOI, AAI and DR (percent) of ``model`` when one ``delta`` is added to every image (Figure 5(b)).
 
-    Same counting rule as :mod:`nbs_lib.evaluate`: an image counts for AAI when it is
+    Same counting rule as :mod:`nbs_lib.methods.evaluate`: an image counts for AAI when it is
     classified correctly both clean and perturbed, so ``AAI <= AOI`` and
-    ``DR = (AOI - AAI) / AOI >= 0`` (:func:`nbs_lib.evaluate.decline_ratio`); the DRs
+    ``DR = (AOI - AAI) / AOI >= 0`` (:func:`nbs_lib.methods.evaluate.decline_ratio`); the DRs
     are comparable with the chapter's Table 1. ``name`` goes to the result's ``attack``.
     """
     x_all = _images_of(images)
@@ -618,7 +618,7 @@ def perturbation_alone(model: nn.Module, delta: torch.Tensor, classes: Sequence[
 
 
 class Snapshots:
-    """An ``on_step`` callback for :func:`nbs_lib.train.fit` keeping the model every ``k`` steps.
+    """An ``on_step`` callback for :func:`nbs_lib.methods.train.loop.fit` keeping the model every ``k`` steps.
 
     Steps ``1, k + 1, 2k + 1, ...`` are kept (so the model after its first batch, "the very
     beginning of training" of Figure 5(a), is always there; ``ceil(total_steps / k)``
@@ -711,7 +711,7 @@ def input_gradient(model: nn.Module, images, target: int | str | torch.Tensor, d
     else:
         targets = torch.full((len(x_all),), _resolve_target(target, n_classes, classes), dtype=torch.long)
     grads = []
-    with attack_mode(model), torch.enable_grad():
+    with frozen_eval(model), torch.enable_grad():
         for i in range(0, len(x_all), batch_size):
             x = x_all[i:i + batch_size].to(dev).float().requires_grad_(True)
             loss = -F.cross_entropy(model(x).float(), targets[i:i + batch_size].to(dev), reduction="sum")

@@ -29,13 +29,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from nbs_lib.attacks import (
+from nbs_lib.core.device import autocast as _autocast
+from nbs_lib.core.device import frozen_eval, resolve_device
+from nbs_lib.methods.attacks import (
     AttackSpec,
     adversarial_batches,
-    attack_mode,
+    attack,
     parse_attack,
 )
-from nbs_lib.profiles import autocast as _autocast, resolve_device
+from nbs_lib.methods.batches import device_data, input_batches
 
 __all__ = [
     "accuracy",
@@ -78,7 +80,7 @@ def correct_mask(
     dev = resolve_device(device)
     model.to(dev)
     out = []
-    with attack_mode(model), torch.no_grad():
+    with frozen_eval(model), torch.no_grad():
         for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=not progress):
             x = images[i : i + batch_size].to(dev, non_blocking=True)
             y = labels[i : i + batch_size].to(dev, non_blocking=True)
@@ -123,7 +125,7 @@ def _robust_mask(
         return robust
     cast = _autocast(dev, attack_kwargs.get("amp", False), attack_kwargs.get("amp_dtype", torch.bfloat16))
     hits = []
-    with attack_mode(model):
+    with frozen_eval(model):
         for _x, x_adv, y in adversarial_batches(
             model, (images[idx], labels[idx]), spec, device=dev, batch_size=batch_size,
             progress=progress, **attack_kwargs,
@@ -148,7 +150,7 @@ def robust_accuracy(
 
     A sample counts when both the clean image and its adversarial example are
     classified correctly (see the module docstring). Extra keyword arguments go to
-    :func:`nbs_lib.attacks.attack` (``amp``, ``random_start``, ``seed``, ...).
+    :func:`nbs_lib.methods.attacks.attack` (``amp``, ``random_start``, ``seed``, ...).
     """
     s = parse_attack(spec)
     dev = resolve_device(device)
@@ -274,3 +276,49 @@ def accuracy_vs_epsilon(
             mask = _robust_mask(model, images, labels, clean, s, dev, batch_size, progress, **attack_kwargs)
         rows.append({"eps": s.eps_255, "accuracy": _percent(mask), "attack": attack})
     return pd.DataFrame(rows, columns=["eps", "accuracy", "attack"])
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, device="auto", batch_size: int = 256,
+                   amp: bool = True) -> torch.Tensor:
+    """Logits of ``model`` (frozen, eval mode) for all images, returned on the CPU in float32."""
+    device = resolve_device(device)
+    outs = []
+    with frozen_eval(model, device):
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device, non_blocking=True)
+            with _autocast(device, amp):
+                outs.append(model(x).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+@torch.no_grad()
+def dataset_accuracy(model: nn.Module, ds, device="auto", batch_size: int = 256,
+                     num_workers: int = 0, amp: bool = True) -> float:
+    """Clean accuracy in percent of ``model`` (frozen, eval mode) on an in-memory or lazy dataset."""
+    if len(ds) == 0:
+        return float("nan")
+    device = resolve_device(device)
+    correct = torch.zeros((), device=device)
+    with frozen_eval(model, device):
+        data = device_data(ds, device)
+        for x, y in input_batches(data, ds.labels.to(device), batch_size, device, num_workers=num_workers):
+            with _autocast(device, amp):
+                correct += (model(x).argmax(1) == y).sum()
+    return 100.0 * correct.item() / len(ds)
+
+
+def adversarial_example(model: nn.Module, image: torch.Tensor, label: int, spec: str,
+                        device="auto") -> dict:
+    """One image, its adversarial version, the perturbation and both predictions with confidences."""
+    dev = resolve_device(device)
+    x = image[None].to(dev)
+    y = torch.tensor([label], device=dev)
+    with frozen_eval(model, dev):
+        x_adv = attack(model, x, y, spec) if parse_attack(spec).eps > 0 else x
+        probs = predict_logits(model, torch.cat([x, x_adv]), dev).softmax(-1)
+    conf, pred = probs.max(-1)
+    return {"image": x[0].cpu(), "adversarial": x_adv[0].detach().cpu(),
+            "perturbation": (x_adv - x)[0].detach().cpu(),
+            "clean_pred": int(pred[0]), "clean_conf": float(conf[0]),
+            "adv_pred": int(pred[1]), "adv_conf": float(conf[1])}

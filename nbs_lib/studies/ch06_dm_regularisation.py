@@ -1,0 +1,153 @@
+"""Chapter 6: Discrepancy Mitigating and the robust-transfer baselines (paper eqs. 4-5, Table 5).
+
+Paper section "Robust ImageNet Pre-training". Two parts:
+
+* **Steepness** (eq. 4, :func:`nbs_lib.methods.similarity.local_lipschitz`): features trained on
+  source data are steeper on the target's images than features trained on the target
+  itself (the paper: LL of ImageNet features against Alphabet features, on Alphabet).
+  :func:`steepness_table`.
+* **Table 5** (:func:`method_study`): from a standard and an adversarially pre-trained
+  source (:mod:`nbs_lib.studies.sources`), six ways to fine-tune, each evaluated by AOI and AAI
+  under PGD-10#0.5:
+
+  ============== =================== ======================================
+  method          starts from          fine-tuning
+  ============== =================== ======================================
+  full            standard source      plain (chapter 1)
+  AT@stage-1      adversarial source   plain
+  AT@stage-2      standard source      adversarial training
+  AT@stage-1&2    adversarial source   adversarial training
+  KD@stage-2      standard source      CE + feature distillation from the adversarial source
+  DM@stage-1&2    adversarial source   CE + lambda * LL (eq. 5)
+  ============== =================== ======================================
+
+Every method reuses the learning rates that plain fine-tuning chose on each target by
+the profile's validation search, so the methods differ in their regime only.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from nbs_lib.core.profiles import Profile
+from nbs_lib.core.runs import RunCache
+from nbs_lib.methods.similarity import local_lipschitz
+from nbs_lib.methods.train.recipes import train_model
+from nbs_lib.models.layers import embeddings
+from nbs_lib.report.paper import TABLE1_ATTACK, TABLE5_METHODS
+from nbs_lib.studies.common import attack_sample, evaluate_cached, sample_id
+from nbs_lib.studies.sources import SourceModel, target_profile
+
+METHODS = TABLE5_METHODS  # Table 5's rows, in the paper's order
+
+
+def method_settings(method: str, standard: SourceModel, robust: SourceModel, adversarial: str,
+                    distill_weight: float, lipschitz_weight: float, lipschitz_eps: float,
+                    lipschitz_steps: int) -> dict:
+    """``train_model`` keyword arguments of one Table 5 method."""
+    settings = {
+        "full": {"weights": standard.weights},
+        "AT@stage-1": {"weights": robust.weights},
+        "AT@stage-2": {"weights": standard.weights, "adversarial": adversarial},
+        "AT@stage-1&2": {"weights": robust.weights, "adversarial": adversarial},
+        "KD@stage-2": {"weights": standard.weights, "distill_weight": distill_weight,
+                       "teacher": str(robust.weights)},
+        "DM@stage-1&2": {"weights": robust.weights, "lipschitz_weight": lipschitz_weight,
+                         "lipschitz_eps": lipschitz_eps, "lipschitz_steps": lipschitz_steps},
+    }
+    if method not in settings:
+        raise ValueError(f"Unknown method {method!r}; use one of {METHODS}.")
+    return settings[method]
+
+
+def method_study(targets, standard: SourceModel, robust: SourceModel, profile: str | Profile = "mini",
+                 methods=METHODS, adversarial: str = "PGD-3#2", distill_weight: float = 1.0,
+                 lipschitz_weight: float = 1.0, lipschitz_eps: float = 2.0, lipschitz_steps: int = 3,
+                 seed: int = 0, device="auto", cache: RunCache | None = None,
+                 attack: str = TABLE1_ATTACK, progress: bool = True):
+    """Table 5: every method on every target, fully fine-tuned and attacked.
+
+    Returns ``(frame, models)``: columns ``dataset, method, aoi, aai, dr, lr_f, lr_g,
+    val_acc``, and ``{(dataset, method): TrainedModel}``. ``full`` runs first on each
+    target with the profile's learning-rate search; the other methods reuse its choice.
+    """
+    prof = target_profile(profile)
+    cache = cache or RunCache()
+    rows, models = [], {}
+    for dataset in tqdm(list(targets), desc="targets", disable=not progress):
+        images, labels, _ = attack_sample(dataset, prof, seed)
+        sample = sample_id(dataset, images, labels)
+        lr = {}
+        for method in ["full", *[m for m in methods if m != "full"]]:
+            kwargs = method_settings(method, standard, robust, adversarial, distill_weight,
+                                     lipschitz_weight, lipschitz_eps, lipschitz_steps)
+            tm = train_model(dataset, "full", prof, arch=prof.arch, seed=seed, device=device, cache=cache,
+                             progress=progress, **lr, **kwargs)
+            if method == "full":
+                lr = {"lr_f": tm.config["train"]["lr_f"], "lr_g": tm.config["train"]["lr_g"]}
+                if "full" not in methods:
+                    continue
+            models[(dataset, method)] = tm
+            row = evaluate_cached(tm, images, labels, [attack], sample, device, cache, progress, prof)[0]
+            rows.append({"dataset": dataset, "method": method, "aoi": row["aoi"], "aai": row["aai"],
+                         "dr": row["dr"], **lr, "val_acc": tm.val_acc})
+    return pd.DataFrame(rows), models
+
+
+def feature_spread(model, images: torch.Tensor, device="auto", batch_size: int = 256) -> dict:
+    """How much f's features say about the images: ``feature_l1`` is the mean ||f(x)||_1 and
+    ``feature_spread`` the mean over features of their standard deviation across ``images``.
+
+    A spread near 0 is a flat feature map: f gives every image nearly the same features, the
+    degenerate way to a small LL (eq. 4) that a too-large lambda in eq. 5 rewards.
+    """
+    feats = embeddings(getattr(model, "model", model), images, device, batch_size)
+    return {"feature_l1": float(feats.abs().sum(1).mean()), "feature_spread": float(feats.std(0).mean())}
+
+
+def lambda_sweep(dataset: str, standard: SourceModel, robust: SourceModel, lambdas,
+                 profile: str | Profile = "mini", **kwargs) -> pd.DataFrame:
+    """DM@stage-1&2 on one target for several lambda (0 is AT@stage-1: plain fine-tuning).
+
+    Besides AOI, AAI and DR, each row has the fine-tuned features' size and spread on the
+    attack sample (:func:`feature_spread`), which show how a large lambda flattens f.
+    """
+    images, _, _ = attack_sample(dataset, target_profile(profile), kwargs.get("seed", 0))
+    frames = []
+    for lam in lambdas:
+        if lam == 0:
+            frame, models = method_study([dataset], standard, robust, profile, ("AT@stage-1",), **kwargs)
+        else:
+            frame, models = method_study([dataset], standard, robust, profile, ("DM@stage-1&2",),
+                                         lipschitz_weight=lam, **kwargs)
+        (model,) = models.values()
+        frames.append(frame.assign(lipschitz_weight=lam,
+                                   **feature_spread(model, images, kwargs.get("device", "auto"))))
+    return pd.concat(frames, ignore_index=True)
+
+
+def steepness_table(models: dict, images, eps_255: float = 2.0, steps: int = 10, device="auto",
+                    progress: bool = False) -> pd.DataFrame:
+    """LL (eq. 4) of each model's f on the same images: ``{name: model}`` -> rows ``model, ll``."""
+    rows = [{"model": name, "ll": local_lipschitz(getattr(m, "model", m).features, images,
+                                                  eps_255=eps_255, steps=steps, device=device,
+                                                  progress=progress)}
+            for name, m in models.items()]
+    return pd.DataFrame(rows)
+
+
+def best_method(frame: pd.DataFrame, tolerance: float = 5.0) -> pd.DataFrame:
+    """Per dataset: the most robust method (highest AAI), and whether DM is the most robust
+    among methods whose AOI is within ``tolerance`` points of plain fine-tuning's."""
+    rows = []
+    for dataset, part in frame.groupby("dataset", sort=False):
+        part = part.set_index("method")
+        full_aoi = part.loc["full", "aoi"] if "full" in part.index else part.aoi.max()
+        comparable = part[part.aoi >= full_aoi - tolerance]
+        rows.append({"dataset": dataset, "most robust": part.aai.idxmax(),
+                     f"most robust with AOI within {tolerance:g} of full": comparable.aai.idxmax(),
+                     "DM AAI": part.aai.get("DM@stage-1&2"), "best other AAI":
+                     part.drop(index="DM@stage-1&2", errors="ignore").aai.max()})
+    return pd.DataFrame(rows).set_index("dataset")
