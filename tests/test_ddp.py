@@ -10,8 +10,8 @@ Two runs, each compared parameter by parameter with the same fit in one process:
   the global batch (:class:`nbs_lib.core.distributed.GlobalBatchNorm` over gloo), two SGD
   steps on batches of 15 (8/7) and 10 (5/5).
 
-The same launch then runs the command line (``nbs_lib.core.distributed.main``, what
-``torchrun -m nbs_lib.core.distributed`` calls) on digits at the smoke profile, to check
+The same launch then runs the command line (``nbs_lib.methods.train.launch.main``, what
+``torchrun -m nbs_lib.methods.train.launch`` calls) on digits at the smoke profile, to check
 that only rank 0 writes the run cache and that a one-process ``train_model`` then
 finds the model there.
 
@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nbs_lib.core import distributed
+from nbs_lib.methods.train import launch as train_launch
 from nbs_lib.core.runs import RunCache
 from nbs_lib.methods.train.config import TrainConfig
 from nbs_lib.methods.train.loop import fit
@@ -79,7 +80,7 @@ def _worker(rank: int, init: str, tmp: str) -> None:
     try:
         assert distributed.is_distributed() and distributed.rank() == rank
         results = {name: _train(name) for name in RUNS}
-        results["cli"] = distributed.main(CLI + ["--cache", f"{tmp}/cache"])  # ends the group
+        results["cli"] = train_launch.main(CLI + ["--cache", f"{tmp}/cache"])  # ends the group
         torch.save(results, f"{tmp}/result.{rank}")
     finally:
         if dist.is_initialized():
@@ -151,7 +152,7 @@ def test_only_rank_0_writes_the_cache_and_one_process_reuses_it(launch, monkeypa
     def no_training(*args, **kwargs):
         raise AssertionError("the model of the distributed run should have been found in the cache")
 
-    monkeypatch.setattr("nbs_lib.methods.train.loop.fit", no_training)
+    monkeypatch.setattr("nbs_lib.methods.train.recipes.fit", no_training)
     trained = train_model("digits", "standard", profile="smoke", arch="resnet18", device="cpu",
                           cache=RunCache(tmp / "cache"), progress=False)
     assert trained.history == results[0]["cli"]["history"]

@@ -50,6 +50,22 @@ def test_staleness_check_catches_an_edit(tmp_path):
     assert stale_reason(source, tmp_path / "missing.ipynb") is not None
 
 
+def test_staleness_check_catches_another_profile(tmp_path):
+    """A copy executed at smoke (papermill's record, or the injected cell) is not the book."""
+    source = SOURCES[0]
+    executed = ROOT / "book" / source.name
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata["papermill"]["parameters"]["profile"] = "smoke"
+    nbformat.write(nb, tmp_path / source.name)
+    reason = stale_reason(source, tmp_path / source.name)
+    assert reason is not None and "'smoke'" in reason
+    del nb.metadata["papermill"]["parameters"]["profile"]
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    injected.source = 'profile = "paper"\n'
+    nbformat.write(nb, tmp_path / source.name)
+    assert "'paper'" in stale_reason(source, tmp_path / source.name)
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_notebook_runs_at_smoke_profile(source, tmp_path, monkeypatch):

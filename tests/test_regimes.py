@@ -138,7 +138,7 @@ def test_the_teacher_enters_the_key_by_content(sources, tmp_path):
 
 
 def test_train_model_passes_the_regime_fields(sources, monkeypatch):
-    import nbs_lib.methods.train.config as train_module
+    import nbs_lib.methods.train.recipes as train_module
 
     seen = []
 

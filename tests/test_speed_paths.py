@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import nbs_lib.methods.train.config as train_module
+import nbs_lib.methods.train.loop as train_module
+import nbs_lib.methods.train.recipes as recipes
 from nbs_lib.methods.attacks import pgd
 from nbs_lib.methods.train.config import TrainConfig
 from nbs_lib.methods.train.loop import fit
@@ -116,12 +117,12 @@ def test_compile_is_passed_through_and_stays_out_of_the_cache_key(monkeypatch):
 
     def fake(*args):
         seen.append((args[6], args[-1]))  # the TrainConfig and compile
-        return train_module.TrainedModel(None, {}, [], 50.0)
+        return recipes.TrainedModel(None, {}, [], 50.0)
 
-    monkeypatch.setattr(train_module, "_train_cached", fake)
+    monkeypatch.setattr(recipes, "_train_cached", fake)
     for flag in (False, True):
-        train_module.train_model("digits", "full", "smoke", arch="resnet18", weights=None, lr_f=1e-4,
+        recipes.train_model("digits", "full", "smoke", arch="resnet18", weights=None, lr_f=1e-4,
                                  lr_g=1e-3, device="cpu", progress=False, compile=flag)
     (config_off, off), (config_on, on) = seen
     assert (off, on) == (False, True)
-    assert train_module.config_key(config_off) == train_module.config_key(config_on)
+    assert recipes.config_key(config_off) == recipes.config_key(config_on)

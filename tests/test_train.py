@@ -3,7 +3,10 @@ import torch
 
 from nbs_lib.core.runs import RunCache
 from nbs_lib.data.registry import load_dataset
-from nbs_lib.methods.train.config import TrainConfig, augment_batch, fit, train_model
+from nbs_lib.methods.batches import augment_batch
+from nbs_lib.methods.train.config import TrainConfig
+from nbs_lib.methods.train.loop import fit
+from nbs_lib.methods.train.recipes import train_model
 from nbs_lib.models.registry import load_model
 
 
@@ -44,7 +47,7 @@ def test_partial_fine_tuning_touches_only_g_and_keeps_bn_statistics():
 
 
 def test_full_fine_tuning_uses_two_learning_rates():
-    from nbs_lib.methods.train.config import make_optimizer
+    from nbs_lib.methods.train.loop import make_optimizer
     model, config = _small("full")
     opt = make_optimizer(model, config)
     assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-3]
@@ -108,7 +111,7 @@ def test_train_model_caches_and_resumes(tmp_path, monkeypatch):
     first = train_model(**kwargs)
     assert len(first.history) == 1 and first.lr_search
     # a second call loads instead of training
-    import nbs_lib.methods.train.config as train_module
+    import nbs_lib.methods.train.recipes as train_module
     monkeypatch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("retrained a cached model"))
     again = train_model(**kwargs)
     for va, vb in zip(first.model.state_dict().values(), again.model.state_dict().values()):
@@ -121,7 +124,7 @@ def test_train_model_caches_and_resumes(tmp_path, monkeypatch):
 def test_cache_key_follows_the_data_content():
     from nbs_lib.core.profiles import get_profile
     from nbs_lib.data.images import train_val_split
-    from nbs_lib.methods.train.config import model_config
+    from nbs_lib.methods.train.recipes import model_config
 
     prof = get_profile("smoke")
     train, val = train_val_split(load_dataset("digits", "train", prof), 0.25, 0)
@@ -149,7 +152,7 @@ def _as_memory(blobs):
 @pytest.mark.parametrize("regime", ["partial", "full"])
 def test_lazy_datasets_train_like_in_memory_ones(regime):
     """Paper-scale sets are decoded lazily through a DataLoader: same batches, same model."""
-    from nbs_lib.methods.train.config import dataset_accuracy
+    from nbs_lib.methods.evaluate import dataset_accuracy
 
     blobs = Blobs()
     a, config = _small(regime)
@@ -163,7 +166,7 @@ def test_lazy_datasets_train_like_in_memory_ones(regime):
 
 
 def test_glyph_datasets_are_never_flipped():
-    from nbs_lib.methods.train.config import augmentation_for
+    from nbs_lib.methods.train.recipes import augmentation_for
 
     assert augmentation_for("alphabet", "crop_flip") == "crop"
     assert augmentation_for("cifar10", "crop_flip") == "crop_flip"
@@ -172,7 +175,7 @@ def test_glyph_datasets_are_never_flipped():
 
 def test_small_sets_get_enough_fine_tuning_steps():
     from nbs_lib.core.profiles import get_profile
-    from nbs_lib.methods.train.config import epochs_for
+    from nbs_lib.methods.train.recipes import epochs_for
 
     prof = get_profile("mini", epochs=4, min_steps=130, batch_size=64)
     assert epochs_for("full", prof, 2080) == 4  # 33 steps an epoch: 132 steps

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from nbs_lib.core.runs import RunCache
-from nbs_lib.methods.train.config import TrainConfig, fit
+from nbs_lib.methods.train.config import TrainConfig
+from nbs_lib.methods.train.loop import fit
 from nbs_lib.methods.uap import (
     ResnetGenerator,
     UAPGenerator,

@@ -24,7 +24,7 @@ rounding (``tests/test_ddp.py``).
 
 Command line (one process per GPU, or CPU processes over gloo)::
 
-    torchrun --nproc_per_node=2 -m nbs_lib.core.distributed --dataset mnist --regime full --profile mini
+    torchrun --nproc_per_node=2 -m nbs_lib.methods.train.launch --dataset mnist --regime full --profile mini
 
 trains (or loads from the run cache) the model :func:`nbs_lib.methods.train.recipes.train_model`
 gives for those arguments and prints a JSON summary from rank 0.
@@ -201,11 +201,6 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` in DistributedDataParallel (gradients averaged over the ranks)."""
     ids = [torch.cuda.current_device()] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-
-# ----------------------------------------------------------------------------------
-# command line: torchrun --nproc_per_node=N -m nbs_lib.core.distributed ...
-# ----------------------------------------------------------------------------------
 
 
 def init_from_env() -> torch.device:

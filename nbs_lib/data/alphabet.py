@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from nbs_lib.data.images import (
-    MAX_IN_MEMORY_BYTES,
     SPLITS,
     LabeledImages,
     _entropy,
+    fits_in_memory,
     to_float_rgb,
 )
 
@@ -184,7 +184,7 @@ def _load_alphabet(split: str, per_class: int, size: int, seed: int) -> LabeledI
     """
     n = len(LETTERS) * per_class
     labels = torch.arange(n) % len(LETTERS)
-    if n * 3 * size * size * 4 <= MAX_IN_MEMORY_BYTES:
+    if fits_in_memory(n, size):
         images = to_float_rgb(_alphabet_array(seed, split, per_class, size), size)
         return LabeledImages("alphabet", split, LETTERS, labels, images=images)
     fetch = functools.partial(_alphabet_item, seed, split, size)

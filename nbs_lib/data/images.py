@@ -25,6 +25,11 @@ MAX_IN_MEMORY_BYTES = 2 * 2**30
 FETCH_HINT = "Run `make data` (or `bash scripts/fetch_offline_data.sh`) to fetch it."
 
 
+def fits_in_memory(n: int, size: int) -> bool:
+    """Whether ``n`` RGB float32 images of ``size`` x ``size`` are held in memory (else decoded lazily)."""
+    return n * 3 * size * size * 4 <= MAX_IN_MEMORY_BYTES
+
+
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data folder: ``root`` if given, else ``$NBS_DATA``, else ``<repo>/data``.
@@ -220,7 +225,7 @@ def _resize_one(raw: np.ndarray, size: int, i: int) -> torch.Tensor:
 def _from_arrays(name, split, classes, raw, labels, keep, size) -> LabeledImages:
     """A dataset of ``raw[keep]``: in memory when it fits, else resized per item."""
     labels = torch.as_tensor(np.asarray(labels)[keep], dtype=torch.int64)
-    if len(keep) * 3 * size * size * 4 <= MAX_IN_MEMORY_BYTES:
+    if fits_in_memory(len(keep), size):
         chunks = [to_float_rgb(raw[keep[i : i + 2048]], size) for i in range(0, len(keep), 2048)]
         images = torch.cat(chunks) if chunks else torch.zeros(0, 3, size, size)
         return LabeledImages(name, split, classes, labels, images=images)

@@ -50,6 +50,7 @@ from nbs_lib.data.images import (
     _from_arrays,
     balanced_indices,
     data_root,
+    fits_in_memory,
 )
 from nbs_lib.data.readers import _OFFLINE_LOADERS, _load_torchvision
 
@@ -61,7 +62,6 @@ PAPER_DATASETS = ("pets", "nico", "flowers", "cars", "food", "cifar10")
 
 # Datasets whose tensors would exceed this many bytes are decoded lazily instead
 # (e.g. Alphabet at paper scale: 26,000 images of 224x224 would take 15.6 GB).
-MAX_IN_MEMORY_BYTES = 2 * 2**30
 
 FETCH_HINT = "Run `make data` (or `bash scripts/fetch_offline_data.sh`) to fetch it."
 
@@ -165,7 +165,7 @@ def _load_generated(name: str, split: str, per_class: int, size: int, seed: int)
     classes = synthetic.GENERATED_SETS[name].classes
     n = len(classes) * per_class
     labels = torch.arange(n) % len(classes)
-    if n * 3 * size * size * 4 <= MAX_IN_MEMORY_BYTES:
+    if fits_in_memory(n, size):
         images = synthetic.to_tensor(synthetic.generated_array(name, seed, split, per_class, size))
         return LabeledImages(name, split, classes, labels, images=images)
     fetch = functools.partial(synthetic.item_tensor, name, seed, split, size)

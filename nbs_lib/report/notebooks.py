@@ -3,7 +3,8 @@
 An executed notebook in ``book/`` must come from the current source notebook in
 ``notebooks/``: the same code cells in the same order, apart from the cell that
 papermill injects with the run's parameters. Otherwise the book would publish
-outputs of code that no longer exists.
+outputs of code that no longer exists. It must also have run at the book's profile
+(:data:`BOOK_PROFILE`): a copy executed at ``smoke`` or ``paper`` is not the published book.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import nbformat
 
 REQUIRED_PARAMETERS = ("profile", "device", "seed")
+BOOK_PROFILE = "mini"  # the profile every executed notebook in book/ is run at (`make book`)
 
 
 def code_cells(path: str | Path) -> list[str]:
@@ -22,11 +24,32 @@ def code_cells(path: str | Path) -> list[str]:
             and "injected-parameters" not in c.metadata.get("tags", [])]
 
 
-def stale_reason(source: str | Path, executed: str | Path) -> str | None:
-    """Why ``executed`` does not come from ``source`` (``None`` when it does)."""
+def executed_profile(path: str | Path) -> str | None:
+    """The ``profile`` parameter a notebook ran with: papermill's record, else the source default."""
+    nb = nbformat.read(path, as_version=4)
+    recorded = nb.metadata.get("papermill", {}).get("parameters", {})
+    if "profile" in recorded:
+        return str(recorded["profile"])
+    for tag in ("injected-parameters", "parameters"):  # papermill's injected values win
+        for cell in nb.cells:
+            if tag not in cell.metadata.get("tags", []):
+                continue
+            for line in cell.source.splitlines():
+                name, _, value = line.partition("=")
+                if name.strip() == "profile":
+                    return value.split("#")[0].strip().strip("'\"")
+    return None
+
+
+def stale_reason(source: str | Path, executed: str | Path, profile: str = BOOK_PROFILE) -> str | None:
+    """Why ``executed`` is not the book's run of ``source`` at ``profile`` (``None`` when it is)."""
     executed = Path(executed)
     if not executed.exists():
         return f"{executed} is missing: run `make book ONLY={Path(source).stem}`"
+    ran_at = executed_profile(executed)
+    if ran_at != profile:
+        return (f"{executed} was executed at profile {ran_at!r}, the book is run at {profile!r}; "
+                f"re-run `make book ONLY={Path(source).stem}`")
     src, out = code_cells(source), code_cells(executed)
     if src == out:
         return None

@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
-import torch
 import torch.distributed as dist
 
-from nbs_lib.core.distributed import is_main, world_size
-
-
-def init_from_env() -> torch.device:
-    """Join the process group torchrun describes; return this rank's device.
-
-    NCCL with one GPU per local rank when CUDA is available, else gloo on the CPU.
-    """
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return torch.device("cuda") if cuda else torch.device("cpu")
-
+from nbs_lib.core.distributed import init_from_env, is_main, world_size
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node=N -m nbs_lib.core.distributed",
+        prog="torchrun --nproc_per_node=N -m nbs_lib.methods.train.launch",
         description="Train one model of the book with DistributedDataParallel (nbs_lib.methods.train.recipes.train_model).")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--regime", required=True, choices=("standard", "partial", "full"))
