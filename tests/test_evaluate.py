@@ -140,3 +140,26 @@ def test_accuracy_vs_epsilon(linear_setup):
     assert df.accuracy.iloc[-1] < 5
     with pytest.raises(ValueError, match="without its epsilon"):
         accuracy_vs_epsilon(model, x, y, [1], attack="PGD-10#0.5")
+
+
+def test_only_clean_correct_images_are_attacked(linear_setup, monkeypatch):
+    """An image the model already gets wrong counts as broken and is never attacked
+    (the clean-correct rule of AutoAttack and RobustBench)."""
+    import nbs_lib.methods.evaluate as evaluate_module
+
+    model, x, y = linear_setup
+    wrong = y.clone()
+    wrong[:40] = (y[:40] + 1) % 3  # 40 labels the model cannot match
+    correct = evaluate_module.correct_mask(model, x, wrong, "cpu", progress=False)
+    attacked = []
+    real = evaluate_module.adversarial_batches
+
+    def spy(model, data, *args, **kwargs):
+        attacked.append(len(data[0]))
+        yield from real(model, data, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "adversarial_batches", spy)
+    result = evaluate_module.evaluate_robustness(model, x, wrong, ["PGD-5#8"], device="cpu", progress=False)[0]
+    assert sum(attacked) == int(correct.sum()) < len(x)
+    assert result.aai <= result.aoi == 100.0 * int(correct.sum()) / len(x)
+

@@ -15,12 +15,21 @@ from nbs_lib.report.widgets import (
 )
 
 
+def _links(box) -> list[tuple[list, list]]:
+    """(source, target) of every client-side link in ``box``'s embedded state (what the static page runs)."""
+    from ipywidgets.embed import embed_data
+
+    state = embed_data(views=[box])["manager_state"]["state"]
+    return [(s["state"]["source"], s["state"]["target"]) for s in state.values()
+            if s["model_name"] == "LinkModel"]
+
+
 def test_linked_selector_links_control_and_stack():
     box = linked_selector({"a": W.Label("A"), "b": W.Label("B")}, "pick")
     control, stack = box.children
     assert isinstance(stack, W.Stack) and len(stack.children) == 2
-    control.index = 1
-    assert control.index == 1  # the jslink does the rest in the browser
+    wanted = ([f"IPY_MODEL_{control.model_id}", "index"], [f"IPY_MODEL_{stack.model_id}", "selected_index"])
+    assert wanted in _links(box), "the control is not linked to the stack in the browser (jslink)"
 
 
 def test_dataset_browser_has_one_panel_per_class():

@@ -41,3 +41,31 @@ def test_seeding_is_reproducible():
     a = torch.rand(4)
     seed_everything(3)
     assert torch.equal(a, torch.rand(4))
+
+
+def test_overrides_dict_as_a_notebook_passes_it():
+    prof = get_profile("paper", {"epochs": 1, "lr_grid_f": [1e-4], "attack_samples": 64})
+    assert (prof.epochs, prof.lr_grid_f, prof.attack_samples) == (1, (1e-4,), 64)
+    assert get_profile("mini", {"val_fraction": 0}).val_fraction == 0.0  # an int where a float goes
+
+
+@pytest.mark.parametrize("bad,match", [({"epochs": "three"}, "takes a int"), ({"epochs": 0}, ">= 1"),
+                                       ({"val_fraction": 1.5}, r"\[0, 1\)"), ({"epcohs": 1}, "spelling"),
+                                       ({"lr_grid_g": 1e-3}, "takes a tuple")])
+def test_bad_override_names_the_field(bad, match):
+    with pytest.raises(ValueError, match=match):
+        get_profile("mini", bad)
+    with pytest.raises(ValueError, match="dict of profile fields"):
+        get_profile("mini", "epochs=1")
+
+
+def test_load_model_leaves_the_global_rng_alone():
+    from nbs_lib.models.registry import load_model
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_model("resnet18", num_classes=2, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+    a, b = (load_model("resnet18", num_classes=2, seed=5).classifier[1].weight for _ in range(2))
+    assert torch.equal(a, b)  # the seed still fixes the initial weights

@@ -46,6 +46,21 @@ def test_partial_fine_tuning_touches_only_g_and_keeps_bn_statistics():
     assert not torch.equal(before_g, model.classifier[1].weight)
 
 
+@pytest.mark.parametrize("augment", ["crop", "crop_flip"])
+def test_partial_fine_tuning_with_augmentation_keeps_f_frozen_and_in_eval_mode(augment):
+    """With augmentation the images go through f at every step (no frozen embeddings): f must
+    still run in eval mode, so its BatchNorm statistics stay the source's."""
+    model, config = _small("partial")
+    config = TrainConfig("partial", epochs=2, batch_size=16, lr_f=1e-4, lr_g=1e-3, augment=augment)
+    before_f = {k: v.clone() for k, v in model.features.state_dict().items()}
+    modes = []
+    model.features.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    fit(model, Blobs(), config, device="cpu", progress=False)
+    assert modes and not any(modes), "f ran in train mode during partial fine-tuning"
+    for k, v in model.features.state_dict().items():
+        assert torch.equal(v, before_f[k]), k
+
+
 def test_full_fine_tuning_uses_two_learning_rates():
     from nbs_lib.methods.train.loop import make_optimizer
     model, config = _small("full")

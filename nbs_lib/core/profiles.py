@@ -13,7 +13,7 @@ paper's settings (ResNet-18, 224x224, 90 epochs, batch 128) on a user's GPU.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -49,17 +49,43 @@ class Profile:
     transfer_epochs: int = 6  # epochs of each transfer curve (chapter 7)
     feature_vis_steps: int = 200  # gradient steps of a feature visualisation (chapter 7)
     robustify_steps: int = 40  # gradient steps per image of the robustified source (chapter 7)
-    extra: dict = field(default_factory=dict)
+    natural_sets_whole: bool = False  # the natural-image targets whole, ignoring the per-class caps (paper)
 
     def replace(self, **overrides) -> "Profile":
-        """A copy with some fields changed; unknown field names are an error."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
+        """A copy with some fields changed; an unknown field or a value of the wrong type is an error.
+
+        Lists are accepted where a field holds a tuple (papermill and YAML give lists); ints
+        where it holds a float. Sizes, epochs and step counts must be positive.
+        """
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - set(fields))
         if unknown:
-            raise ValueError(
-                f"Unknown profile field(s) {unknown}; the fields are {sorted(known)}."
-            )
-        return dataclasses.replace(self, **overrides)
+            raise ValueError(f"Unknown profile field(s) {unknown}; the fields are {sorted(fields)}. "
+                             "Check the spelling in the notebook's `overrides`.")
+        checked = {name: _checked(name, value, fields[name]) for name, value in overrides.items()}
+        return dataclasses.replace(self, **checked)
+
+
+_NON_NEGATIVE = ("min_steps", "num_workers")
+
+
+def _checked(name: str, value, current):
+    """``value`` for the field ``name`` (whose current value is ``current``), or a clear error."""
+    kind = type(current)
+    if kind is tuple and isinstance(value, list):
+        value = tuple(value)
+    elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:
+        raise ValueError(f"Profile field {name!r} takes a {kind.__name__} (like {current!r}); "
+                         f"got {value!r} ({type(value).__name__}).")
+    if kind is int:
+        lowest = 0 if name in _NON_NEGATIVE else 1
+        if value < lowest:
+            raise ValueError(f"Profile field {name!r} must be >= {lowest}; got {value}.")
+    if name == "val_fraction" and not 0 <= value < 1:
+        raise ValueError(f"Profile field 'val_fraction' must be in [0, 1); got {value}.")
+    return value
 
 
 PROFILES: dict[str, Profile] = {
@@ -130,6 +156,7 @@ PROFILES: dict[str, Profile] = {
         source_per_class=1300,
         source_epochs=90,
         transfer_epochs=30,
+        natural_sets_whole=True,
         feature_vis_steps=1000,
         robustify_steps=1000,
     ),
@@ -140,11 +167,16 @@ def available_profiles() -> list[str]:
     return list(PROFILES)
 
 
-def get_profile(name: str | Profile, **overrides) -> Profile:
-    """The profile called ``name`` with ``overrides`` applied (``None`` values ignored).
+def get_profile(name: str | Profile, overrides: dict | None = None, **fields) -> Profile:
+    """The profile called ``name`` with ``overrides`` (a dict, a notebook's ``overrides``
+    parameter) and then ``fields`` applied; ``None`` values are ignored.
 
-    Raises ``ValueError`` naming the known profiles when ``name`` is unknown.
+    Raises ``ValueError`` naming the known profiles when ``name`` is unknown, and naming
+    the field when an override is misspelt or of the wrong type.
     """
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict of profile fields, e.g. {{'epochs': 1}}; got {overrides!r}")
+    overrides = {**(overrides or {}), **fields}
     if isinstance(name, Profile):
         base = name
     else:

@@ -121,8 +121,8 @@ def load_dataset(
         raw, labels, classes = _OFFLINE_LOADERS[name](split, data_root(root))
         keep = balanced_indices(labels, per_class, seed, split)
         return _from_arrays(name, split, classes, raw, labels, keep, prof.image_size)
-    # At paper scale the natural-image sets are used whole, as in the paper.
-    cap = None if prof.name == "paper" else per_class
+    # With `natural_sets_whole` (paper) the natural-image sets are used whole, as in the paper.
+    cap = None if prof.natural_sets_whole else per_class
     return _load_torchvision(name, split, prof.image_size, data_root(root), download, cap, seed)
 
 

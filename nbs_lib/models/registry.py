@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import nn
 
 from nbs_lib.models.efficientnet_lite import _LITE_SCALING, build_efficientnet_lite
 from nbs_lib.models.resnet import _RESNETS, build_resnet
@@ -67,9 +66,12 @@ def load_model(arch: str, weights: str | Path | None = None, num_classes: int = 
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
         raise FileNotFoundError(
             f"weights={weights!r} is neither 'imagenet' nor an existing file.")
-    if seed is not None:
+    build = lambda: _BUILDERS[arch](arch, num_classes, None if weights is None else str(weights), bn_momentum)  # noqa: E731
+    if seed is None:
+        return build()
+    with torch.random.fork_rng(devices=[]):  # the initial weights come from `seed`; the caller's RNG is left alone
         torch.manual_seed(seed)
-    return _BUILDERS[arch](arch, num_classes, None if weights is None else str(weights), bn_momentum)
+        return build()
 
 
 @dataclass(frozen=True)
@@ -83,12 +85,6 @@ def model_info(model: SplitClassifier) -> ModelInfo:
     params = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for b in model.buffers() if b.dtype.is_floating_point)
     return ModelInfo(model.arch, params, (params + buffers) * 4 / 2**20)
-
-
-def set_bn_momentum(model: nn.Module, momentum: float) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = momentum
 
 
 def backbone_table(archs=None) -> pd.DataFrame:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from nbs_lib.methods.evaluate import decline_ratio
+
 # The attacks of Tables 1 and 2 in the paper's notation (L-inf, eps in 1/255).
 TABLE1_ATTACK = "PGD-10#0.5"
 TABLE2_ATTACKS = ["PGD-10#2.0", "FGSM#0.5", "FGSM#2.0", "AA#0.5"]
@@ -62,11 +64,6 @@ def table2() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paper_means() -> pd.DataFrame:
-    """Table 1 averaged over the paper's seven datasets, per model."""
-    return table1().groupby("model", sort=False)[["aoi", "aai", "dr"]].mean().round(2)
-
-
 # Figure 3 is a bar chart without printed values; the text states two claims.
 FIGURE3_CLAIMS = {
     "ft closer to pt than to st (bottom)": "most of the examined datasets",
@@ -91,7 +88,7 @@ TABLE4 = pd.DataFrame({
     "aoi": [75.91, 88.90, 62.85, 77.76],
     "aai": [17.03, 41.71, 26.49, 47.72],
 })
-TABLE4["dr"] = (100 * (TABLE4.aoi - TABLE4.aai) / TABLE4.aoi).round(2)
+TABLE4["dr"] = decline_ratio(TABLE4.aoi, TABLE4.aai).round(2)
 
 
 # Table 5: ResNet-18 from ImageNet, AOI and AAI under PGD-10#0.5 (the paper's "MD@stage-1&2"
@@ -120,4 +117,4 @@ def table5() -> pd.DataFrame:
     rows = [{"dataset": d, "method": m, "aoi": v["aoi"][i], "aai": v["aai"][i]}
             for m, v in TABLE5.items() for i, d in enumerate(PAPER_DATASETS)]
     frame = pd.DataFrame(rows)
-    return frame.assign(dr=(100 * (frame.aoi - frame.aai) / frame.aoi).round(2))
+    return frame.assign(dr=decline_ratio(frame.aoi, frame.aai).round(2))

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache
+from nbs_lib.methods.evaluate import decline_ratio
 from nbs_lib.methods.train.recipes import train_model
 from nbs_lib.models.registry import load_model, model_info
 from nbs_lib.report.paper import TABLE1_ATTACK
@@ -111,6 +112,6 @@ def chapter_results(capacity: pd.DataFrame, difficulty: pd.DataFrame, source_mod
                         + source_models["pre-training"], "backbone": difficulty_backbone,
                         "dataset": source_models["source"], "aoi": source_models["test_acc"],
                         "aai": source_models["robust_acc"]})
-    src["dr"] = 100 * (src.aoi - src.aai) / src.aoi
+    src["dr"] = decline_ratio(src.aoi, src.aai)
     columns = ["experiment", "source", "backbone", "dataset", "aoi", "aai", "dr"]
     return pd.concat([cap[columns], dif[columns], src[columns]], ignore_index=True)
