@@ -27,8 +27,8 @@ data: $(VENV)/.installed
 test: venv data html
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-unit: venv data
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not notebooks" tests
+unit: venv data  ## quick feedback: no notebook runs, no tests marked slow
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not notebooks and not slow" tests
 
 ## make book: execute every notebook at the mini profile into book/, then build the HTML
 book: venv data

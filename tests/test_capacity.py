@@ -1,3 +1,5 @@
+import pytest
+
 from nbs_lib.core.profiles import get_profile
 from nbs_lib.core.runs import RunCache
 from nbs_lib.studies.ch05_capacity_difficulty import (
@@ -8,6 +10,7 @@ from nbs_lib.studies.ch05_capacity_difficulty import (
 )
 
 
+@pytest.mark.slow
 def test_capacity_reuses_the_first_backbones_learning_rates(tmp_path):
     prof = get_profile("smoke", lr_grid_g=(1e-3, 3e-3))
     frame = capacity_study(["digits"], prof, archs=["efficientnet_lite0", "efficientnet_lite1"],
@@ -18,6 +21,7 @@ def test_capacity_reuses_the_first_backbones_learning_rates(tmp_path):
     assert list(table.index) == ["size_mb", "aoi", "aai", "dr"] and table.shape[1] == 2
 
 
+@pytest.mark.slow
 def test_difficulty_study_pretrains_each_source_and_fine_tunes(tmp_path):
     frame, sources = difficulty_study("smoke", sources=("digits", "digits-lowres"), targets=("mnist",),
                                       device="cpu", cache=RunCache(tmp_path), progress=False)

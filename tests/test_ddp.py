@@ -33,12 +33,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nbs_lib.core import distributed
-from nbs_lib.methods.train import launch as train_launch
 from nbs_lib.core.runs import RunCache
+from nbs_lib.methods.train import launch as train_launch
 from nbs_lib.methods.train.config import TrainConfig
 from nbs_lib.methods.train.loop import fit
 from nbs_lib.methods.train.recipes import train_model
 from nbs_lib.models.registry import load_model
+
+pytestmark = pytest.mark.slow  # two processes over gloo: about 20 s
 
 WORLD = 2
 TOLERANCE = 1e-5

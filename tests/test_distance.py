@@ -26,6 +26,7 @@ def test_mmd_separates_shifted_embeddings():
     assert far["mmd"] > near["mmd"] and far["mmd_p"] < 0.05 < near["mmd_p"]
 
 
+@pytest.mark.slow
 def test_study_on_two_smoke_targets(tmp_path):
     cache = RunCache(tmp_path)
     kwargs = dict(datasets=["digits", "shapes"], profile="smoke", device="cpu", cache=cache,

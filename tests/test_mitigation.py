@@ -25,6 +25,7 @@ def sources(tmp_path_factory):
         pretrain_source("digits", prof, "PGD-2#8", **kwargs)
 
 
+@pytest.mark.slow
 def test_every_method_runs_and_the_table_has_the_papers_layout(sources):
     prof, cache, standard, robust = sources
     frame, models = method_study(["mnist"], standard, robust, prof, lipschitz_steps=1, device="cpu",

@@ -21,6 +21,7 @@ def test_old_cache_keys_survive_the_adversarial_field():
     assert config_key(TrainConfig("standard", 2, 16, 0, 1e-3, adversarial="PGD-3#8"))["adversarial"] == "PGD-3#8"
 
 
+@pytest.mark.slow
 def test_adversarial_pretraining_is_more_robust_and_transfers(tmp_path, one_thread):
     cache = RunCache(tmp_path)
     prof = get_profile("smoke", source_epochs=5, source_per_class=20, source_image_size=16,

@@ -138,6 +138,7 @@ def test_curve_summary_reads_the_sign_of_the_trend():
     assert summary.loc["standard", "final eps=8"] == 72
 
 
+@pytest.mark.slow
 def test_chapter_pipeline_at_smoke(tmp_path, one_thread):
     """The ladder, anti-robust splits, transfer curves (cached) and the robustified source, end to end."""
     cache = RunCache(tmp_path)

@@ -74,3 +74,11 @@ def test_attack_sanity_flags(tmp_path):
     assert len(checks) == 3
     assert checks["PGD at 2.0 <= PGD at 0.5"].all()
     assert "AA <= PGD at 0.5 (AA images)" in checks.columns
+
+
+def test_a_missing_attack_is_not_a_failed_sanity_check():
+    from nbs_lib.studies.ch01_robustness import at_most
+
+    assert at_most(3.0, 5.0) is True and at_most(5.0, 3.0) is False
+    assert at_most(float("nan"), 5.0) is None and at_most(5.0, float("nan")) is None
+

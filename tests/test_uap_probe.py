@@ -47,6 +47,7 @@ def smoke_models(tmp_path_factory):
     return prof, cache, models
 
 
+@pytest.mark.slow
 def test_chapter_pipeline_on_smoke_models(smoke_models):
     prof, cache, models = smoke_models
     images, labels = uap_training_images("digits", prof, per_class=4)

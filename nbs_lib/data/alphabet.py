@@ -44,13 +44,10 @@ class AlphabetStyle:
     light: tuple[float, float] = (0.65, 1.0)  # intensity range of the light side
     dark: tuple[float, float] = (0.0, 0.35)  # intensity range of the dark side
     noise_std: float = 0.2
-    both_polarities: bool = False  # also draw light letters on a dark background
 
 
 ALPHABET_STYLE = AlphabetStyle()
 _GLYPH_PX = 96  # fonts are rasterised once at about this cap height, then scaled down
-# Faces whose A-Z are calligraphic math symbols rather than plain letters.
-_EXCLUDED_FACES = ("cmsy10", "cmex10")
 # The plain regular faces the Alphabet is drawn with (matplotlib bundles them).
 ALPHABET_FACES = ("DejaVuSans", "DejaVuSansMono")
 
@@ -114,7 +111,7 @@ def alphabet_fonts() -> tuple[tuple[str, tuple[np.ndarray, ...], int], ...]:
 
     faces = []
     for path in _font_candidates():
-        if path.stem not in ALPHABET_FACES or path.stem in _EXCLUDED_FACES or not _maps_plain_capitals(path):
+        if path.stem not in ALPHABET_FACES or not _maps_plain_capitals(path):
             continue
         faces.append((path.stem, ImageFont.truetype(str(path), size=int(_GLYPH_PX * 1.45))))
     usable = []
@@ -144,10 +141,9 @@ def render_letter(
     ink = np.asarray(ink, dtype=np.float32) / 255.0
     x0, y0 = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
     light, dark = rng.uniform(*style.light), rng.uniform(*style.dark)
-    flip = rng.random() < 0.5
-    background, ink_level = (dark, light) if (style.both_polarities and flip) else (light, dark)
-    image = np.full((size, size), background, dtype=np.float32)
-    image[y0 : y0 + h, x0 : x0 + w] += (ink_level - background) * ink
+    rng.random()  # drawn so that existing Alphabet images stay the same (it chose a polarity once)
+    image = np.full((size, size), light, dtype=np.float32)
+    image[y0 : y0 + h, x0 : x0 + w] += (dark - light) * ink
     image += rng.normal(0.0, style.noise_std, size=(size, size)).astype(np.float32)
     return np.clip(image, 0.0, 1.0, out=image)
 

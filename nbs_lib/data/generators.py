@@ -382,14 +382,12 @@ class GeneratedSet:
 
     ``render(c, split, size, rng)`` returns a uint8 ``[size, size, 3]`` image of class
     ``c``; ``distance`` places it on the near-to-far scale from natural photographs;
-    ``flip_safe``: a horizontal mirror keeps every image in its class.
     """
 
     name: str
     classes: tuple[str, ...]
     render: Callable[[int, str, int, np.random.Generator], np.ndarray]
     distance: str
-    flip_safe: bool = True
 
 
 GENERATED_SETS: dict[str, GeneratedSet] = {

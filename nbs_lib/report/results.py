@@ -31,11 +31,3 @@ def write_results(frame: pd.DataFrame, name: str, profile: str,
     frame.to_csv(tmp, index=False, float_format="%.4g")
     os.replace(tmp, path)
     return path
-
-
-def read_results(name: str, results_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    path = results_path(name, results_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the chapter {name} first "
-                                f"(`make book ONLY={name}`).")
-    return pd.read_csv(path)

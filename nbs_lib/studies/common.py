@@ -76,8 +76,11 @@ def evaluate_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.T
     Each row keeps the attack's name in the paper's notation (``attack``) and says
     with which budget it ran (``budget``; see :func:`autoattack_budget`).
     """
+    if profile is None:
+        raise ValueError("evaluate_cached needs the profile whose AutoAttack budget it runs "
+                         "(profile.autoattack_steps, autoattack_queries); pass profile=...")
     cache = cache or RunCache()
-    profile = get_profile(profile or "paper")
+    profile = get_profile(profile)
     rows = []
     for spec in attacks:
         spec = str(parse_attack(spec))
