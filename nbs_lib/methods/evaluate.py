@@ -78,9 +78,8 @@ def correct_mask(
 
     _check_data(images, labels)
     dev = resolve_device(device)
-    model.to(dev)
     out = []
-    with frozen_eval(model), torch.no_grad():
+    with frozen_eval(model, dev), torch.no_grad():
         for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=not progress):
             x = images[i : i + batch_size].to(dev, non_blocking=True)
             y = labels[i : i + batch_size].to(dev, non_blocking=True)
@@ -125,7 +124,7 @@ def _robust_mask(
         return robust
     cast = _autocast(dev, attack_kwargs.get("amp", False), attack_kwargs.get("amp_dtype", torch.bfloat16))
     hits = []
-    with frozen_eval(model):
+    with frozen_eval(model, dev):
         for _x, x_adv, y in adversarial_batches(
             model, (images[idx], labels[idx]), spec, device=dev, batch_size=batch_size,
             progress=progress, **attack_kwargs,

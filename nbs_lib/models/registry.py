@@ -66,12 +66,11 @@ def load_model(arch: str, weights: str | Path | None = None, num_classes: int = 
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
         raise FileNotFoundError(
             f"weights={weights!r} is neither 'imagenet' nor an existing file.")
-    build = lambda: _BUILDERS[arch](arch, num_classes, None if weights is None else str(weights), bn_momentum)  # noqa: E731
-    if seed is None:
-        return build()
-    with torch.random.fork_rng(devices=[]):  # the initial weights come from `seed`; the caller's RNG is left alone
-        torch.manual_seed(seed)
-        return build()
+    # The initial weights come from `seed`; the caller's global RNG is left as it was.
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _BUILDERS[arch](arch, num_classes, None if weights is None else str(weights), bn_momentum)
 
 
 @dataclass(frozen=True)

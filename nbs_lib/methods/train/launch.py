@@ -8,6 +8,8 @@ import json
 import torch.distributed as dist
 
 from nbs_lib.core.distributed import init_from_env, is_main, world_size
+from nbs_lib.core.runs import RunCache
+from nbs_lib.methods.train.recipes import train_model
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,9 +34,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     """Train as the arguments say on every rank; rank 0 prints (and all return) a summary."""
-    from nbs_lib.core.runs import RunCache
-    from nbs_lib.methods.train.recipes import train_model
-
     args = _parser().parse_args(argv)
     device = init_from_env()
     try:
