@@ -66,3 +66,19 @@ def test_writes_are_atomic_no_temp_files_left(tmp_path):
     cache.save_model_state("m", {"a": 1}, {"x": 2})
     names = sorted(p.name for p in cache.entry_dir("m", {"a": 1}).iterdir())
     assert names == ["config.json", "model.pt"]  # the checkpoint is gone once the model is final
+
+
+def test_content_hash_is_sha256_of_the_parts_in_order(tmp_path):
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    from nbs_lib.core.runs import content_hash
+
+    t = torch.arange(6, dtype=torch.float32).view(2, 3).t()  # not contiguous
+    raw = t.contiguous().numpy().tobytes() + b"x" + np.arange(3).tobytes()
+    assert content_hash(t, "x", np.arange(3)) == hashlib.sha256(raw).hexdigest()[:16]
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    assert content_hash(tmp_path / "w.pt", digits=20) == hashlib.sha256(b"weights").hexdigest()[:20]
+    assert content_hash("a", "b") != content_hash("b", "a")

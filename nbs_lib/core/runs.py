@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 CACHE_ENV = "NBS_CACHE"
@@ -40,9 +41,30 @@ def canonical_json(config: dict) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def content_hash(*parts, digits: int = 16) -> str:
+    """SHA-256 (first ``digits`` hex digits) of ``parts`` in order: the one content hash of the book.
+
+    A part is bytes, a string (UTF-8), a tensor or array (its raw bytes, C order) or a
+    :class:`~pathlib.Path` (the file's bytes). Hashing parts one after the other equals
+    hashing their concatenation.
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            part = part.read_bytes()
+        elif isinstance(part, str):
+            part = part.encode()
+        elif isinstance(part, torch.Tensor):
+            part = part.detach().cpu().contiguous().numpy().tobytes()
+        elif not isinstance(part, bytes):
+            part = np.ascontiguousarray(part).tobytes()
+        digest.update(part)
+    return digest.hexdigest()[:digits]
+
+
 def config_key(config: dict) -> str:
     """SHA-256 (first 20 hex digits) of the canonical JSON of ``config``."""
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:20]
+    return content_hash(canonical_json(config), digits=20)
 
 
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:

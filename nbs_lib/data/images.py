@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from nbs_lib.core.runs import content_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_ROOT = Path(os.environ.get("NBS_DATA") or REPO_ROOT / "data")
@@ -92,14 +93,8 @@ class LabeledImages(Dataset):
         """SHA-256 (16 hex digits) of the content: pixels and labels for in-memory sets,
         else the name, split, classes and item ids. Part of every run-cache key, so a
         change in how a dataset is made never reuses a model trained on the old data."""
-        digest = hashlib.sha256()
-        digest.update(repr((self.name, self.split, list(self.classes))).encode())
-        digest.update(self.labels.numpy().tobytes())
-        if self.images is not None:
-            digest.update(self.images.contiguous().numpy().tobytes())
-        else:
-            digest.update(np.asarray(self._ids).tobytes())
-        return digest.hexdigest()[:16]
+        content = self.images if self.images is not None else np.asarray(self._ids)
+        return content_hash(repr((self.name, self.split, list(self.classes))), self.labels, content)
 
     def subset(self, indices) -> "LabeledImages":
         """The items at ``indices`` (in that order), with the same classes."""

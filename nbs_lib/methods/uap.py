@@ -62,7 +62,6 @@ Design choices
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -76,7 +75,7 @@ from tqdm.auto import tqdm
 
 from nbs_lib.core.device import autocast as _autocast
 from nbs_lib.core.device import frozen_eval, resolve_device
-from nbs_lib.core.runs import RunCache
+from nbs_lib.core.runs import RunCache, content_hash
 from nbs_lib.methods.evaluate import RobustnessResult, decline_ratio
 
 __all__ = [
@@ -440,8 +439,7 @@ def universal_pgd(model: nn.Module, images, target: int | str, eps: float = 10.0
 
 
 def _sample_identity(images: torch.Tensor) -> dict:
-    digest = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes())
-    return {"n": len(images), "shape": list(images.shape[1:]), "content": digest.hexdigest()[:16]}
+    return {"n": len(images), "shape": list(images.shape[1:]), "content": content_hash(images)}
 
 
 def uap_cached(trained_model_config: dict, model: nn.Module, images, target: int | str,

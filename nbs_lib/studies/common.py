@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 
 import pandas as pd
@@ -10,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nbs_lib.core.profiles import Profile, get_profile
-from nbs_lib.core.runs import RunCache
+from nbs_lib.core.runs import RunCache, content_hash
 from nbs_lib.data.images import balanced_indices
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.attacks import parse_attack
@@ -37,8 +36,7 @@ def attack_sample(dataset: str, profile: Profile, seed: int, n: int | None = Non
 
 def sample_id(dataset: str, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """What identifies an attack sample in a cache key: its name, size and content hash."""
-    digest = hashlib.sha256(images.contiguous().numpy().tobytes() + labels.numpy().tobytes())
-    return {"dataset": dataset, "n": len(labels), "content": digest.hexdigest()[:16]}
+    return {"dataset": dataset, "n": len(labels), "content": content_hash(images, labels)}
 
 
 def train_three(dataset: str, profile: str | Profile, arch: str | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from nbs_lib.core import distributed
 from nbs_lib.core.profiles import Profile, get_profile
-from nbs_lib.core.runs import RunCache
+from nbs_lib.core.runs import RunCache, content_hash
 from nbs_lib.data.images import LabeledImages, train_val_split
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.train.config import TRAIN_CODE_VERSION, TrainConfig, config_key
@@ -38,7 +37,7 @@ def weights_id(weights: str | Path | None) -> str | None:
     """What identifies pre-trained weights in a cache key (a file's content hash)."""
     if weights is None or weights == "imagenet":
         return weights
-    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    digest = content_hash(Path(weights))
     return f"file:{Path(weights).name}:{digest}"
 
 
