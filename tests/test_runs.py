@@ -27,19 +27,19 @@ def test_memo_computes_once_per_config(tmp_path):
         calls.append(1)
         return {"acc": 0.5}
 
-    assert cache.memo("r", {"a": 1}, compute) == {"acc": 0.5}
-    assert cache.memo("r", {"a": 1}, compute) == {"acc": 0.5}
+    assert cache.memo("r", {"a": 1}, compute, code_version=1) == {"acc": 0.5}
+    assert cache.memo("r", {"a": 1}, compute, code_version=1) == {"acc": 0.5}
     assert len(calls) == 1
-    cache.memo("r", {"a": 2}, compute)
+    cache.memo("r", {"a": 2}, compute, code_version=1)
     assert len(calls) == 2
 
 
 def test_corrupted_result_is_discarded_and_recomputed(tmp_path):
     cache = RunCache(tmp_path)
-    cache.memo("r", {"a": 1}, lambda: [1, 2])
-    (cache.entry_dir("r", {"a": 1}) / "result.json").write_text("{truncated")
+    cache.memo("r", {"a": 1}, lambda: [1, 2], code_version=1)
+    (cache.entry_dir("r", RunCache.versioned({"a": 1}, 1)) / "result.json").write_text("{truncated")
     with pytest.warns(UserWarning, match="Discarding cache entry"):
-        assert cache.memo("r", {"a": 1}, lambda: [3]) == [3]
+        assert cache.memo("r", {"a": 1}, lambda: [3], code_version=1) == [3]
 
 
 def test_mismatched_config_is_never_reused(tmp_path):
@@ -82,3 +82,24 @@ def test_content_hash_is_sha256_of_the_parts_in_order(tmp_path):
     (tmp_path / "w.pt").write_bytes(b"weights")
     assert content_hash(tmp_path / "w.pt", digits=20) == hashlib.sha256(b"weights").hexdigest()[:20]
     assert content_hash("a", "b") != content_hash("b", "a")
+
+
+def test_cached_artifacts_need_a_code_version_and_a_bump_recomputes(tmp_path):
+    import torch
+
+    cache = RunCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"delta": torch.ones(2), "rate": 0.5}
+
+    with pytest.raises(TypeError):
+        cache.artifact("u", {"a": 1}, compute)  # no code version: refused
+    first = cache.artifact("u", {"a": 1}, compute, code_version=1)
+    again = cache.artifact("u", {"a": 1}, compute, code_version=1)
+    assert torch.equal(first["delta"], again["delta"]) and len(calls) == 1
+    cache.artifact("u", {"a": 1}, compute, code_version=2)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="code_version"):
+        cache.memo("r", {"code_version": 3}, lambda: 1, code_version=4)

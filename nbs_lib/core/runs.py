@@ -113,9 +113,19 @@ class RunCache:
                           stacklevel=3)
             shutil.rmtree(entry, ignore_errors=True)
 
-    # -- results (JSON-serialisable values) ---------------------------------------
-    def memo(self, kind: str, config: dict, compute: Callable[[], Any]) -> Any:
-        """``compute()``'s JSON-serialisable value, computed once per config."""
+    # -- cached artifacts: load, or compute and save ------------------------------
+    @staticmethod
+    def versioned(config: dict, code_version: int) -> dict:
+        """``config`` with the code version of what computes it (a bump invalidates old entries)."""
+        if isinstance(code_version, bool) or not isinstance(code_version, int):
+            raise TypeError(f"code_version must be an int; got {code_version!r}")
+        if config.get("code_version", code_version) != code_version:
+            raise ValueError(f"config says code_version={config['code_version']}, the caller {code_version}")
+        return {**config, "code_version": code_version}
+
+    def memo(self, kind: str, config: dict, compute: Callable[[], Any], *, code_version: int) -> Any:
+        """``compute()``'s JSON-serialisable value, computed once per config and code version."""
+        config = self.versioned(config, code_version)
         entry = self.entry_dir(kind, config)
         result = entry / "result.json"
         if result.exists():
@@ -128,6 +138,16 @@ class RunCache:
         self._write_config(entry, config)
         atomic_write_bytes(result, lambda f: f.write(json.dumps(value, default=float).encode()))
         return value
+
+    def artifact(self, kind: str, config: dict, compute: Callable[[], dict], *, code_version: int) -> dict:
+        """``compute()``'s payload (a dict of tensors and plain values), computed once per config
+        and code version and stored with ``torch.save``; a corrupt entry is discarded and recomputed."""
+        config = self.versioned(config, code_version)
+        stored = self.load_model_state(kind, config)
+        if stored is None:
+            stored = compute()
+            self.save_model_state(kind, config, stored)
+        return stored
 
     # -- models ---------------------------------------------------------------------
     def load_model_state(self, kind: str, config: dict) -> dict | None:

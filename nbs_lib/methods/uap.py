@@ -460,20 +460,18 @@ def uap_cached(trained_model_config: dict, model: nn.Module, images, target: int
     x_all = _images_of(images)
     uap_eps(eps, norm)  # fail before touching the cache
     target = _resolve_target(target, _num_classes(model, x_all), classes)
-    key = {"kind": "uap", "code_version": UAP_CODE_VERSION, "model": trained_model_config,
+    key = {"kind": "uap", "model": trained_model_config,
            "sample": sample if sample is not None else _sample_identity(x_all),
            "uap": uap_config(target, eps, norm, steps, batch_size, lr, seed, ngf, n_blocks,
                              norm_layer, x_all.shape[1:], log_every)}
-    stored = cache.load_model_state("uaps", key)
-    if stored is not None:
-        return UAPResult(delta=stored["delta"], target=stored["target"], eps=stored["eps"],
-                         norm=stored["norm"], history=stored["history"], config=stored["config"])
-    result = train_uap(model, x_all, target, eps, norm, steps, batch_size, lr, seed, device, progress,
-                       ngf, n_blocks, norm_layer, classes, amp, log_every)
-    cache.save_model_state("uaps", key, {"delta": result.delta, "target": result.target,
-                                         "eps": result.eps, "norm": result.norm,
-                                         "history": result.history, "config": result.config})
-    return result
+
+    def compute() -> dict:
+        result = train_uap(model, x_all, target, eps, norm, steps, batch_size, lr, seed, device, progress,
+                           ngf, n_blocks, norm_layer, classes, amp, log_every)
+        return {"delta": result.delta, "target": result.target, "eps": result.eps, "norm": result.norm,
+                "history": result.history, "config": result.config}
+
+    return UAPResult(**cache.artifact("uaps", key, compute, code_version=UAP_CODE_VERSION))
 
 
 # --------------------------------------------------------------------------- measures

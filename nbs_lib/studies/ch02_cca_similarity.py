@@ -118,7 +118,7 @@ def similarity_study(datasets, profile: str | Profile = "mini", arch: str | None
         models = compared_models(dataset, profile, arch, weights, seed, device, cache, progress)
         images = similarity_images(dataset, profile, seed)
         labels = torch.zeros(len(images), dtype=torch.long)
-        config = {"kind": "similarity", "code_version": KNOWLEDGE_CODE_VERSION,
+        config = {"kind": "similarity",
                   "models": {k: ident for k, (_, ident) in models.items()},
                   "images": sample_id(dataset, images, labels), "modes": list(modes),
                   "measures": list(measures), "max_positions": max_positions, "seed": seed}
@@ -127,7 +127,7 @@ def similarity_study(datasets, profile: str | Profile = "mini", arch: str | None
             return compare_models({k: m for k, (m, _) in models.items()}, images, modes, measures,
                                   max_positions, seed, device)
 
-        rows += [{"dataset": dataset, **row} for row in cache.memo("similarity", config, compute)]
+        rows += [{"dataset": dataset, **row} for row in cache.memo("similarity", config, compute, code_version=KNOWLEDGE_CODE_VERSION)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

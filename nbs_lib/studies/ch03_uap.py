@@ -171,7 +171,7 @@ def success_along_training(dataset: str, trained: TrainedModel, uap: UAPResult, 
     ``final_matches`` checks against the cached model. Columns ``step, epoch, success``.
     """
     cache = cache or RunCache()
-    config = {"kind": "uap_curve", "code_version": PROBE_CODE_VERSION, "model": trained.config,
+    config = {"kind": "uap_curve", "model": trained.config,
               "uap": uap.config, "images": sample_id(dataset, images, labels), "every": every}
 
     def compute():
@@ -189,7 +189,7 @@ def success_along_training(dataset: str, trained: TrainedModel, uap: UAPResult, 
         steps_per_epoch = -(-len(train_set) // train_cfg.batch_size)
         return {"rows": probe.rows, "steps_per_epoch": steps_per_epoch}
 
-    result = cache.memo("uap_curve", config, compute)
+    result = cache.memo("uap_curve", config, compute, code_version=PROBE_CODE_VERSION)
     rows = result["rows"]
     final = rows[-1]["success"]
     curve = pd.DataFrame(rows[:-1])

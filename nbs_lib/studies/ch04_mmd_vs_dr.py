@@ -71,7 +71,7 @@ def mmd_study(datasets, profile: str | Profile = "mini", arch: str | None = None
     pretrained = load_model(arch, weights=weights, num_classes=1000, seed=seed).eval()
     source = natural_photo_sample(n_source, profile.image_size, seed=seed, folder=source_folder)
     samples = {d: target_images(d, profile, n_target, seed) for d in datasets}
-    config = {"kind": "mmd", "code_version": DISTANCE_CODE_VERSION, "arch": arch,
+    config = {"kind": "mmd", "arch": arch,
               "weights": weights_id(weights), "bandwidth": bandwidth, "seed": seed,
               "source": sample_id("source", source, torch.zeros(len(source), dtype=torch.long)),
               "targets": {d: sample_id(d, x, torch.zeros(len(x), dtype=torch.long))
@@ -84,7 +84,7 @@ def mmd_study(datasets, profile: str | Profile = "mini", arch: str | None = None
         return {d: source_target_mmd(e_source, e, sigma, seed=seed)
                 for d, e in tqdm(e_targets.items(), desc="MMD", disable=not progress)}
 
-    distances = cache.memo("mmd", config, compute)
+    distances = cache.memo("mmd", config, compute, code_version=DISTANCE_CODE_VERSION)
     rows = []
     for d in datasets:
         full = table[(table.dataset == d) & (table.model == "full")].iloc[0]

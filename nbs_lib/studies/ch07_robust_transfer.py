@@ -65,6 +65,7 @@ from nbs_lib.studies.sources import (
     target_profile,
 )
 
+ROBUST_TRANSFER_CODE_VERSION = 1  # bump when a change here must invalidate this chapter's cached artifacts
 MODES = {"fixed-feature": "partial", "full fine-tuning": "full"}
 
 
@@ -324,18 +325,15 @@ def anti_robust_splits(target: str, profile: str | Profile, classifier: TrainedM
         ds = load_dataset(target, split, prof, seed=seed)
         key = {"kind": "anti_robust", "data": ds.fingerprint(), "classifier": classifier.config,
                "attack": str(parse_attack(attack)), "step_factor": float(step_factor), "seed": seed + i}
-        stored = cache.load_model_state("anti_robust", key)
-        if stored is None:
+
+        def compute(ds=ds, i=i) -> dict:
             made = anti_robust_images(classifier.model, ds, attack, seed + i, device, step_factor=step_factor)
-            cache.save_model_state("anti_robust", key, {
-                "images": made.data.images, "labels": made.data.labels, "original": made.original_labels,
-                "success_rate": made.success_rate, "max_perturbation": made.max_perturbation})
-            splits[split] = made
-        else:
-            data = LabeledImages(f"{target}-antirobust", split, ds.classes, stored["labels"],
-                                 images=stored["images"])
-            splits[split] = AntiRobustSplit(data, stored["original"], stored["success_rate"],
-                                            stored["max_perturbation"])
+            return {"images": made.data.images, "labels": made.data.labels, "original": made.original_labels,
+                    "success_rate": made.success_rate, "max_perturbation": made.max_perturbation}
+
+        stored = cache.artifact("anti_robust", key, compute, code_version=ROBUST_TRANSFER_CODE_VERSION)
+        data = LabeledImages(f"{target}-antirobust", split, ds.classes, stored["labels"], images=stored["images"])
+        splits[split] = AntiRobustSplit(data, stored["original"], stored["success_rate"], stored["max_perturbation"])
     return splits
 
 
@@ -384,7 +382,8 @@ def transfer_curve(source: SourceModel, train: LabeledImages, test: LabeledImage
     prof = target_profile(profile)
     config = transfer_config(mode, prof, train.name, epochs, seed)
     key = {"kind": "transfer_curve", "source": weights_id(source.weights), "arch": prof.arch,
-           "train": config_key(config), "train_data": train.fingerprint(), "test_data": test.fingerprint()}
+           "image_size": prof.image_size, "train": config_key(config), "train_data": train.fingerprint(),
+           "test_data": test.fingerprint()}
 
     def run() -> list[dict]:
         model = load_model(prof.arch, weights=source.weights, num_classes=train.num_classes, seed=seed)
@@ -392,7 +391,7 @@ def transfer_curve(source: SourceModel, train: LabeledImages, test: LabeledImage
                       desc=f"{source.label} -> {train.name} ({mode})")
         return [{"epoch": h["epoch"], "accuracy": h["val_acc"], "train_acc": h["train_acc"]} for h in history]
 
-    return cache.memo("transfer_curves", key, run)
+    return cache.memo("transfer_curves", key, run, code_version=ROBUST_TRANSFER_CODE_VERSION)
 
 
 def transfer_study(sources: list[SourceModel], datasets: dict, modes=tuple(MODES), profile="mini",
@@ -512,12 +511,13 @@ def robustified_source(source: str, robust: SourceModel, profile="mini", steps: 
     train_set, val_set = train_val_split(load_dataset(source, "train", prof, seed=seed), prof.val_fraction, seed)
     key = {"kind": "robustified_source", "data": train_set.fingerprint(), "robust": robust.trained.config,
            "steps": int(steps), "step_size": float(step_size), "seed": seed}
-    stored = cache.load_model_state("robustified_source", key)
-    if stored is None:
+
+    def compute() -> dict:
         seeds = train_set.images[derangement(len(train_set), seed)]
         images, d0, d1 = robustify_images(robust.trained.model, train_set.images, seeds, steps, step_size, device)
-        stored = {"images": images, "start": d0, "final": d1}
-        cache.save_model_state("robustified_source", key, stored)
+        return {"images": images, "start": d0, "final": d1}
+
+    stored = cache.artifact("robustified_source", key, compute, code_version=ROBUST_TRANSFER_CODE_VERSION)
     data = LabeledImages(f"{source}-robustified", "train", train_set.classes, train_set.labels,
                          images=stored["images"])
     summary = {"images": len(data), "steps": steps, "distance_start": float(stored["start"].mean()),
@@ -542,13 +542,13 @@ def pretrain_robustified(source: str, standard: SourceModel, robust: SourceModel
     key = {"kind": "robustified_source_model", "arch": prof.arch, "train": config_key(config),
            "train_data": data.fingerprint(), "val_data": val_set.fingerprint(), "num_classes": data.num_classes}
     model = load_model(prof.arch, weights=None, num_classes=data.num_classes, seed=config.seed)
-    stored = cache.load_model_state("models", key)
-    if stored is None:
+
+    def compute() -> dict:
         history = fit(model, data, config, val=val_set, device=device, progress=progress,
                       desc=f"{source}-robustified (standard)")
-        model.cpu()
-        stored = {"model": model.state_dict(), "history": history, "val_acc": history[-1]["val_acc"]}
-        cache.save_model_state("models", key, stored)
+        return {"model": model.cpu().state_dict(), "history": history, "val_acc": history[-1]["val_acc"]}
+
+    stored = cache.artifact("models", key, compute, code_version=ROBUST_TRANSFER_CODE_VERSION)
     model.load_state_dict(stored["model"])
     trained = TrainedModel(model.eval(), key, stored["history"], stored["val_acc"])
     images, labels, _ = attack_sample(source, prof, seed)

@@ -83,7 +83,7 @@ def evaluate_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.T
     for spec in attacks:
         spec = str(parse_attack(spec))
         run_spec, options, budget = autoattack_budget(spec, profile)
-        config = {"kind": "robustness", "code_version": EVAL_CODE_VERSION, "model": trained.config,
+        config = {"kind": "robustness", "model": trained.config,
                   "attack": run_spec, "options": options, "sample": sample, "n": len(labels)}
 
         def compute(run_spec=run_spec, options=options):
@@ -91,7 +91,7 @@ def evaluate_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.T
                                          progress=False, **options)[0]
             return asdict(result)
 
-        row = cache.memo("robustness", config, compute)
+        row = cache.memo("robustness", config, compute, code_version=EVAL_CODE_VERSION)
         rows.append({**row, "attack": spec, "budget": budget})
     return rows
 
