@@ -393,3 +393,12 @@ def test_lowres_variant_keeps_labels_and_removes_detail():
     assert abs(low.images.mean() - plain.images.mean()) < 0.02
     with pytest.raises(ValueError, match="variant"):
         load_dataset("alphabet-blurry", "train", "smoke")
+
+
+def test_dataset_summary_reads_a_lazy_dataset_without_decoding_it(monkeypatch):
+    prof = get_profile("smoke", train_per_class=2)
+    monkeypatch.setattr(images, "MAX_IN_MEMORY_BYTES", 0)
+    lazy = registry.load_dataset("photo_patches", "train", prof)
+    row = registry.dataset_summary({"patches": lazy}).iloc[0]
+    assert lazy.images is None and not row["in memory"]
+    assert row["resolution"] == f"{prof.image_size}x{prof.image_size}" and 0 <= row["min"] <= row["max"] <= 1

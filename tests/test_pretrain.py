@@ -62,3 +62,9 @@ def test_checkpoint_source_reads_a_madrylab_file_and_fine_tunes(tmp_path):
     assert torch.equal(student.features.stem[0].weight, tv.conv1.weight) and student.num_classes == 5
     with pytest.raises(FileNotFoundError, match="checkpoint file"):
         checkpoint_source(tmp_path / "missing.ckpt", None)
+
+
+def test_a_missing_checkpoint_path_names_both_parameters():
+    """Chapter 6 with a robust checkpoint but no standard one used to crash in Path(None)."""
+    with pytest.raises(ValueError, match="standard_checkpoint and robust_checkpoint"):
+        checkpoint_source(None, None)

@@ -170,3 +170,36 @@ def test_chapter_pipeline_at_smoke(tmp_path, one_thread):
     assert made.source == "digits-robustified" and made.weights.is_file()
     with pytest.raises(ValueError, match="transfer mode"):
         transfer_curve(ladder[0], train, test, "linear probe", prof, 1, **kwargs)
+
+
+def test_anti_robust_splits_convert_any_profile_to_the_targets_size(monkeypatch):
+    """Like its siblings it takes the base profile: the data come at the source image size."""
+    import nbs_lib.studies.ch07_robust_transfer as ch07
+
+    seen = []
+
+    def fake_load(name, split, prof, seed=0):
+        seen.append(prof)
+        raise StopIteration
+
+    monkeypatch.setattr(ch07, "load_dataset", fake_load)
+    with pytest.raises(StopIteration):
+        ch07.anti_robust_splits("mnist", "smoke", None)
+    base = get_profile("smoke")
+    assert seen[0].image_size == base.source_image_size and seen[0].arch == base.source_arch
+
+
+def test_robustified_examples_use_the_callers_cache(monkeypatch, tmp_path):
+    import nbs_lib.studies.ch07_robust_transfer as ch07
+
+    used = []
+
+    def fake(source, robust, profile, steps, step_size, seed, device, cache=None):
+        used.append(cache)
+        raise StopIteration
+
+    monkeypatch.setattr(ch07, "robustified_source", fake)
+    cache = RunCache(tmp_path)
+    with pytest.raises(StopIteration):
+        ch07.robustified_examples("digits", None, "smoke", cache=cache)
+    assert used == [cache]

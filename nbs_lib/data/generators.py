@@ -17,7 +17,7 @@ that step from near to far:
 
 :func:`natural_photo_sample` gives random crops of other bundled photographs
 (astronaut, chelsea, coffee, rocket), a small offline stand-in for ImageNet images
-where a sample of source images is needed (the MMD of the similarity chapter); with
+where a sample of source images is needed (the MMD of chapter 4, MMD against DR); with
 ``folder=`` it samples a user's ImageNet folder instead.
 
 Every image comes from its own random stream ``(seed, split, dataset, class, k)``, so

@@ -177,7 +177,10 @@ def dataset_summary(datasets: dict) -> pd.DataFrame:
 
     rows = []
     for name, ds in datasets.items():
+        # a lazy (paper-scale) set is summarised from its first image rather than decoded whole
+        pixels = ds.images if ds.images is not None else ds[0][0][None]
         rows.append({"dataset": name, "split": ds.split, "classes": len(ds.classes),
-                     "images": len(ds), "resolution": "x".join(map(str, ds.images.shape[-2:])),
-                     "min": round(float(ds.images.min()), 3), "max": round(float(ds.images.max()), 3)})
+                     "images": len(ds), "resolution": "x".join(map(str, pixels.shape[-2:])),
+                     "min": round(float(pixels.min()), 3), "max": round(float(pixels.max()), 3),
+                     "in memory": ds.images is not None})
     return pd.DataFrame(rows)

@@ -1,13 +1,13 @@
 """Adversarial attacks in pixel space: FGSM, PGD (L-inf and L2) and AutoAttack.
 
-This module implements the threat model of Zhang et al. (AAI 2023), section
+This module implements the threat model of Zhang et al. (AAAI 2023), section
 "ImageNet Pre-training Is Non-robust": an adversarial example ``x' = x + delta`` with
 ``||delta||_inf <= eps`` maximises the classification loss of the true label. Table 1
 evaluates with PGD-10 at eps = 0.5/255 (Kurakin-style, no random start, step size
 ``1.25 * eps / steps``); Table 2 adds PGD-10#2.0, FGSM#0.5, FGSM#2.0 and AA#0.5
 (AutoAttack, Croce and Hein 2020).
 
-Conventions (see ``DESIGN.md``):
+Conventions:
 
 * every model takes images in [0, 1] and returns logits; normalisation is the
   model's first layer, so all attacks work on raw pixels;

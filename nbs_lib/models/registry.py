@@ -57,7 +57,7 @@ def load_model(arch: str, weights: str | Path | None = None, num_classes: int = 
     checkpoint. With ``num_classes != 1000`` g is a fresh linear layer (initialised from
     ``seed``). ``bn_momentum`` is set on every BatchNorm: 0.1 by default, because the Lite
     weights carry TF's 0.01, with which a short fine-tuning never moves the running
-    statistics (see DESIGN.md).
+    statistics (measured before the first chapter was written).
     """
     if arch not in _BUILDERS:
         raise ValueError(f"Unknown architecture {arch!r}. Known: {', '.join(_BUILDERS)}.")

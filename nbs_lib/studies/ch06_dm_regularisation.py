@@ -64,7 +64,7 @@ def method_settings(method: str, standard: SourceModel, robust: SourceModel, adv
 
 def method_study(targets, standard: SourceModel, robust: SourceModel, profile: str | Profile = "mini",
                  methods=METHODS, adversarial: str = "PGD-3#2", distill_weight: float = 1.0,
-                 lipschitz_weight: float = 1.0, lipschitz_eps: float = 2.0, lipschitz_steps: int = 3,
+                 lipschitz_weight: float = 1e-4, lipschitz_eps: float = 2.0, lipschitz_steps: int = 3,
                  seed: int = 0, device="auto", cache: RunCache | None = None,
                  attack: str = TABLE1_ATTACK, progress: bool = True):
     """Table 5: every method on every target, fully fine-tuned and attacked.

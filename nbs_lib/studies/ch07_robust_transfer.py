@@ -1,6 +1,7 @@
 """Chapter 7: when does source robustness help transfer, and when does it hurt?
 
-The second work (``../shared/seeds/002_...``, section 4) argues that adversarially
+The second work (Falck, "Are Adversarially Robust Deep Nets Always Better Transfer
+Learners?", section 4) argues that adversarially
 robust source models transfer better only when the target shares the source's
 human-interpretable (robust) structure. Its four experiments, each built here on the
 book's own pieces:
@@ -40,7 +41,7 @@ import torch
 from scipy import stats
 
 from nbs_lib.core.device import frozen_eval, resolve_device
-from nbs_lib.core.profiles import Profile, get_profile
+from nbs_lib.core.profiles import Profile
 from nbs_lib.core.runs import RunCache
 from nbs_lib.data.images import LabeledImages, train_val_split
 from nbs_lib.data.registry import load_dataset
@@ -319,7 +320,7 @@ def anti_robust_splits(target: str, profile: str | Profile, classifier: TrainedM
     holds its identity, the original data's fingerprints, the attack and the seed.
     """
     cache = cache or RunCache()
-    prof = get_profile(profile)
+    prof = target_profile(profile)  # like its siblings: any profile in, the targets' size out
     splits = {}
     for i, split in enumerate(("train", "test")):
         ds = load_dataset(target, split, prof, seed=seed)
@@ -582,12 +583,13 @@ def anti_robust_examples(anti: dict[str, dict[str, AntiRobustSplit]], profile="m
 
 
 def robustified_examples(source: str, robust: SourceModel, profile="mini", steps: int = 40,
-                         step_size: float = 1.0, seed: int = 0, device="auto", count: int = 6):
+                         step_size: float = 1.0, seed: int = 0, device="auto", count: int = 6,
+                         cache: RunCache | None = None):
     """Fig. 4a: source images, the seed images the descent started from, and the results."""
     prof = source_profile(profile)
     original = train_val_split(load_dataset(source, "train", prof, seed=seed), prof.val_fraction, seed)[0]
     seeds = original.images[derangement(len(original), seed)]
-    data, _, _ = robustified_source(source, robust, profile, steps, step_size, seed, device)
+    data, _, _ = robustified_source(source, robust, profile, steps, step_size, seed, device, cache)
     picks = range(min(count, len(original)))
     return [("original", [(original.images[i], original.classes[int(original.labels[i])]) for i in picks]),
             ("seed image", [(seeds[i], "") for i in picks]),

@@ -115,6 +115,10 @@ def checkpoint_source(path: str | Path, adversarial: str | None, arch: str = "re
     ``adversarial`` labels the radius it was trained at (``None``: standard). Its source
     accuracies are not measured here (NaN): ImageNet is not available offline.
     """
+    if path is None:
+        raise ValueError(f"No checkpoint path for the {'standard' if adversarial is None else 'robust'} source: "
+                         "a run from checkpoints needs both (chapter 6: standard_checkpoint and robust_checkpoint, "
+                         "e.g. Salman et al.'s resnet18_linf_eps0.0.ckpt and resnet18_linf_eps4.0.ckpt).")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint file: pass the path of an ImageNet model "
