@@ -40,6 +40,7 @@ from torch import nn
 
 from nbs_lib.core.device import autocast as _autocast
 from nbs_lib.core.device import frozen_eval, resolve_device
+from nbs_lib.methods.threat_models import threat_model
 
 __all__ = [
     "AttackSpec",
@@ -101,15 +102,14 @@ class AttackSpec:
     def __post_init__(self):
         if self.name not in ("FGSM", "PGD", "AA"):
             raise ValueError(f"Unknown attack {self.name!r}; accepted forms: {ACCEPTED_FORMS}.")
-        if self.norm not in ("Linf", "L2"):
-            raise ValueError(f"Unknown norm {self.norm!r}; use 'Linf' or 'L2'.")
+        threat_model(self.norm)  # an unknown norm is an error naming the known ones
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"An attack needs at least one step, got steps={self.steps!r}.")
         if self.name == "FGSM" and self.steps != 1:
             raise ValueError("FGSM is a single step; write 'PGD-<steps>#<eps>' for more steps.")
         eps = float(self.eps_255)
         if not math.isfinite(eps) or not 0.0 <= eps <= 255.0:
-            unit = "1/255" if self.norm == "Linf" else "the [0, 1] scale"
+            unit = threat_model(self.norm).unit
             raise ValueError(
                 f"eps {self.eps_255!r} (in units of {unit}) is outside [0, 255], i.e. outside "
                 "[0, 1] on the pixel scale. The number after '#' is in units of 1/255: "
@@ -120,7 +120,7 @@ class AttackSpec:
     @property
     def eps(self) -> float:
         """The radius on the [0, 1] pixel scale (``eps_255 / 255`` for L-inf)."""
-        return self.eps_255 / 255.0 if self.norm == "Linf" else self.eps_255
+        return threat_model(self.norm).pixels(self.eps_255)
 
     @property
     def step_size(self) -> float:
@@ -189,21 +189,15 @@ def parse_attack(spec: str | AttackSpec) -> AttackSpec:
 
 
 def _check_eps(eps: float, norm: str) -> float:
-    if norm not in ("Linf", "L2"):
-        raise ValueError(f"Unknown norm {norm!r}; use 'Linf' or 'L2'.")
+    ball = threat_model(norm)
     eps = float(eps)
-    if not math.isfinite(eps) or eps < 0 or (norm == "Linf" and eps > 1):
+    if not math.isfinite(eps) or eps < 0 or eps > ball.max_pixels():
         raise ValueError(
             f"eps={eps!r} is outside [0, 1] on the pixel scale. Attack functions take eps "
             "on the [0, 1] scale: pass 0.5/255 for the paper's '#0.5', or use "
             "attack(model, x, y, 'PGD-10#0.5')."
         )
     return eps
-
-
-def _per_sample_l2(t: torch.Tensor) -> torch.Tensor:
-    """L2 norm of every sample, shaped to broadcast against ``t``."""
-    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
 def _input_grad(model, x_adv, y, cast) -> torch.Tensor:
@@ -247,11 +241,7 @@ def fgsm(
         x_adv = x.clone().requires_grad_(True)
         grad = _input_grad(model, x_adv, y, _autocast(x.device, amp, amp_dtype))
         with torch.no_grad():
-            if norm == "Linf":
-                step = grad.sign_().mul_(eps)
-            else:
-                step = grad.div_(_per_sample_l2(grad).add_(1e-12)).mul_(eps)
-            return (x + step).clamp_(0.0, 1.0)
+            return (x + threat_model(norm).direction(grad).mul_(eps)).clamp_(0.0, 1.0)
 
 
 def pgd(
@@ -300,27 +290,11 @@ def pgd(
         return x.clone()
     cast = _autocast(x.device, amp, amp_dtype)
 
+    ball = threat_model(norm)
     with frozen_eval(model):
         with torch.no_grad():
-            x_adv = x.clone()
-            if random_start:
-                gen_device = generator.device if generator is not None else x.device
-                noise = torch.rand(x.shape, generator=generator, device=gen_device, dtype=x.dtype)
-                noise = noise.to(x.device).mul_(2).sub_(1)  # U(-1, 1)
-                if norm == "Linf":
-                    x_adv.add_(noise.mul_(eps))
-                else:
-                    radius = torch.rand(
-                        (x.shape[0],) + (1,) * (x.dim() - 1),
-                        generator=generator, device=gen_device, dtype=x.dtype,
-                    ).to(x.device)
-                    x_adv.add_(noise.div_(_per_sample_l2(noise).add_(1e-12)).mul_(radius * eps))
-                x_adv.clamp_(0.0, 1.0)
-            if norm == "Linf":
-                # Projection onto {|x' - x| <= eps} and [0, 1] is one clamp to these bounds.
-                lo = (x - eps).clamp_(min=0.0)
-                hi = (x + eps).clamp_(max=1.0)
-                x_adv.clamp_(lo, hi)
+            x_adv = ball.random_start(x, eps, generator) if random_start else x.clone()
+            project = ball.projector(x, eps)
         x_adv.requires_grad_(True)
 
         for _ in range(steps):
@@ -328,13 +302,7 @@ def pgd(
             if targeted:
                 grad.neg_()
             with torch.no_grad():
-                if norm == "Linf":
-                    x_adv.add_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
-                else:
-                    x_adv.add_(grad.div_(_per_sample_l2(grad).add_(1e-12)), alpha=alpha)
-                    delta = x_adv.sub_(x)  # x_adv now holds the perturbation
-                    delta.mul_(torch.clamp(eps / (_per_sample_l2(delta) + 1e-12), max=1.0))
-                    delta.add_(x).clamp_(0.0, 1.0)  # back to an image
+                project(x_adv.add_(ball.direction(grad), alpha=alpha))
     return x_adv.detach()
 
 

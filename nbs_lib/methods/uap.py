@@ -77,6 +77,7 @@ from nbs_lib.core.device import autocast as _autocast
 from nbs_lib.core.device import frozen_eval, resolve_device
 from nbs_lib.core.runs import RunCache, content_hash
 from nbs_lib.methods.evaluate import RobustnessResult, decline_ratio
+from nbs_lib.methods.threat_models import THREAT_MODELS, threat_model
 
 __all__ = [
     "ResnetGenerator",
@@ -101,7 +102,7 @@ __all__ = [
 ]
 
 UAP_CODE_VERSION = 1  # bump when a change to the UAP code must invalidate cached UAPs
-NORMS = ("Linf", "L2")
+NORMS = tuple(THREAT_MODELS)
 NORM_LAYERS = ("batch", "instance")
 VIEWS = ("grey", "rescaled")
 
@@ -116,19 +117,17 @@ def uap_eps(eps: float, norm: str = "Linf") -> float:
     scale, taken as written (the convention of :class:`nbs_lib.methods.attacks.AttackSpec`).
     Raises ``ValueError`` for an unknown norm and for ``eps`` outside (0, 255].
     """
-    if norm not in NORMS:
-        raise ValueError(f"Unknown norm {norm!r}; use 'Linf' or 'L2'.")
+    ball = threat_model(norm)
     try:
         value = float(eps)
     except (TypeError, ValueError):
         raise ValueError(f"eps must be a number, got {eps!r}.") from None
     if not math.isfinite(value) or value <= 0 or value > 255:
-        unit = "units of 1/255" if norm == "Linf" else "the L2 radius on the [0, 1] scale"
         raise ValueError(
-            f"eps={eps!r} ({unit}) must be in (0, 255], i.e. a bound in (0, 1] on the pixel "
+            f"eps={eps!r} (in {ball.unit}) must be in (0, 255], i.e. a bound in (0, 1] on the pixel "
             "scale: a UAP needs a positive budget, and e.g. eps=10 means 10/255 for L-inf."
         )
-    return value / 255.0 if norm == "Linf" else value
+    return ball.pixels(value)
 
 
 def _images_of(images) -> torch.Tensor:
@@ -262,8 +261,7 @@ class UAPGenerator(nn.Module):
     def __init__(self, image_shape: Sequence[int], eps: float, norm: str = "Linf", ngf: int = 64,
                  n_blocks: int = 6, norm_layer: str = "batch", seed: int = 0):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"Unknown norm {norm!r}; use 'Linf' or 'L2'.")
+        self.ball = threat_model(norm)
         channels, height, width = (int(s) for s in image_shape)
         _check_size(height, width)
         self.eps = float(eps)
@@ -275,11 +273,7 @@ class UAPGenerator(nn.Module):
         self.register_buffer("noise", noise)
 
     def forward(self) -> torch.Tensor:
-        out = self.net(self.noise)
-        if self.norm == "Linf":
-            return out * self.eps
-        norm = out.flatten().norm(p=2)
-        return out * torch.clamp(self.eps / (norm + 1e-12), max=1.0)
+        return self.ball.shrink(self.net(self.noise), self.eps)
 
 
 # --------------------------------------------------------------------------- training

@@ -46,6 +46,7 @@ from nbs_lib.core.runs import RunCache
 from nbs_lib.data.images import LabeledImages, train_val_split
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.attacks import parse_attack, pgd
+from nbs_lib.methods.threat_models import threat_model
 from nbs_lib.methods.train.config import TrainConfig, config_key
 from nbs_lib.methods.train.loop import fit
 from nbs_lib.methods.train.recipes import (
@@ -305,8 +306,7 @@ def anti_robust_images(classifier: SplitClassifier, ds: LabeledImages, attack: s
             hits += int((classifier(x_adv).argmax(1) == t).sum())
         out.append(x_adv.cpu())
     images = torch.cat(out)
-    delta = (images - ds.images).flatten(1)
-    size = delta.abs().amax(1) if spec.norm == "Linf" else delta.norm(dim=1)
+    size = threat_model(spec.norm).size(images - ds.images)
     data = LabeledImages(f"{ds.name}-antirobust", ds.split, ds.classes, targets, images=images)
     return AntiRobustSplit(data, ds.labels.clone(), 100.0 * hits / len(ds), float(size.max()))
 
