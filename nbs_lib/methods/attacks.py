@@ -40,6 +40,7 @@ from torch import nn
 
 from nbs_lib.core.device import autocast as _autocast
 from nbs_lib.core.device import frozen_eval, resolve_device
+from nbs_lib.methods.batches import iterate_batches
 from nbs_lib.methods.threat_models import threat_model
 
 __all__ = [
@@ -419,8 +420,7 @@ def iter_batches(
         images, labels = data
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels.")
-        for i in range(0, len(images), batch_size):
-            yield images[i : i + batch_size], labels[i : i + batch_size]
+        yield from iterate_batches(images, labels, batch_size)
     else:
         for batch in data:
             yield batch[0], batch[1]
