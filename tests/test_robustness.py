@@ -29,12 +29,12 @@ def test_study_table_and_result_cache(tmp_path, monkeypatch):
     kwargs = dict(datasets=["digits"], profile="smoke", attacks=["PGD-10#0.5", "FGSM#2.0"],
                   device="cpu", cache=cache, progress=False)
     table, models = robustness_study(**kwargs)
-    assert list(table.columns) == ["dataset", "model", "attack", "aoi", "aai", "dr", "n", "budget"]
+    assert list(table.columns) == ["dataset", "model", "seed", "attack", "aoi", "aai", "dr", "n", "budget"]
     assert len(table) == 3 * 2 and set(models) == {("digits", r) for r in ("standard", "partial", "full")}
     assert (table["aai"] <= table["aoi"]).all()
     # the second run reads every number from the cache
     import nbs_lib.studies.common as rob
-    monkeypatch.setattr(rob, "evaluate_robustness", lambda *a, **k: pytest.fail("re-attacked"))
+    monkeypatch.setattr(rob, "robustness_masks", lambda *a, **k: pytest.fail("re-attacked"))
     again, _ = robustness_study(**kwargs)
     pd.testing.assert_frame_equal(table, again)
     curves = None

@@ -249,7 +249,7 @@ def pgd(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
+    eps: float | torch.Tensor,
     steps: int,
     step_size: float | None = None,
     norm: str = "Linf",
@@ -278,16 +278,22 @@ def pgd(
     resolution after normalisation; compare against ``amp=False`` before trusting
     bf16 numbers at the paper's smallest eps. Works with channels_last inputs.
 
+    ``eps`` may also be a 1-D tensor of per-image radii (the bisection of
+    :mod:`nbs_lib.methods.minimal_epsilon`); each image then gets its own ball and step.
+
     ``targeted=True`` reads ``y`` as target classes and *descends* the cross-entropy
     towards them (the anti-robust datasets of chapter 7, after Ilyas et al. 2019).
     """
-    eps = _check_eps(eps, norm)
+    x = x.detach()
+    per_image = isinstance(eps, torch.Tensor)
+    eps = _per_image_eps(eps, norm, x) if per_image else _check_eps(eps, norm)
     steps = int(steps)
     if steps < 1:
         raise ValueError(f"PGD needs at least one step, got steps={steps}.")
+    if per_image and step_size is not None:
+        raise ValueError("Per-image radii take the paper's step rule (1.25 * eps / steps); leave step_size=None.")
     alpha = 1.25 * eps / steps if step_size is None else float(step_size)
-    x = x.detach()
-    if eps == 0:
+    if not per_image and eps == 0:
         return x.clone()
     cast = _autocast(x.device, amp, amp_dtype)
 
@@ -303,8 +309,22 @@ def pgd(
             if targeted:
                 grad.neg_()
             with torch.no_grad():
-                project(x_adv.add_(ball.direction(grad), alpha=alpha))
+                step = ball.direction(grad)
+                project(x_adv.add_(step.mul_(alpha)) if per_image else x_adv.add_(step, alpha=alpha))
     return x_adv.detach()
+
+
+def _per_image_eps(eps: torch.Tensor, norm: str, x: torch.Tensor) -> torch.Tensor:
+    """Per-image radii (one per row of ``x``, [0, 1] scale), shaped to broadcast against ``x``."""
+    if eps.dim() != 1 or len(eps) != len(x):
+        raise ValueError(f"Per-image eps must be a 1-D tensor with one radius per image ({len(x)}); "
+                         f"got shape {tuple(eps.shape)}.")
+    eps = eps.detach().to(device=x.device, dtype=x.dtype)
+    if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()) \
+            or bool((eps > threat_model(norm).max_pixels()).any()):
+        raise ValueError("Per-image eps must be finite and in [0, 1] on the pixel scale "
+                         "(0.5/255 for the paper's '#0.5').")
+    return eps.view(-1, *([1] * (x.dim() - 1)))
 
 
 def _num_classes(model: nn.Module, x: torch.Tensor) -> int:

@@ -48,6 +48,7 @@ __all__ = [
     "robustness_table",
     "accuracy_vs_epsilon",
     "correct_mask",
+    "robustness_masks",
 ]
 
 
@@ -202,16 +203,36 @@ def evaluate_robustness(
     if isinstance(attacks, (str, AttackSpec)):
         attacks = [attacks]
     specs = [parse_attack(a) for a in attacks]  # fail early on a bad spec
-    dev = resolve_device(device)
-    amp = attack_kwargs.get("amp", False)
-    clean = correct_mask(model, images, labels, dev, max(batch_size, 1), amp=amp, progress=progress)
+    clean, robust_masks = robustness_masks(model, images, labels, specs, device, batch_size, progress,
+                                           **attack_kwargs)
     aoi = _percent(clean)
     results = []
-    for s in specs:
-        robust = _robust_mask(model, images, labels, clean, s, dev, batch_size, progress, **attack_kwargs)
+    for s, robust in zip(specs, robust_masks):
         aai = _percent(robust)
         results.append(RobustnessResult(aoi=aoi, aai=aai, dr=decline_ratio(aoi, aai), attack=str(s), n=len(images)))
     return results
+
+
+def robustness_masks(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attacks: list[str | AttackSpec],
+    device: str | torch.device = "auto",
+    batch_size: int = 128,
+    progress: bool = True,
+    **attack_kwargs,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per image: the clean-correct mask and, for each attack, the robust mask (the counting rule above).
+
+    The masks are what paired tests compare (McNemar on two models' robust masks).
+    """
+    specs = [parse_attack(a) for a in attacks]
+    dev = resolve_device(device)
+    amp = attack_kwargs.get("amp", False)
+    clean = correct_mask(model, images, labels, dev, max(batch_size, 1), amp=amp, progress=progress)
+    return clean, [_robust_mask(model, images, labels, clean, s, dev, batch_size, progress, **attack_kwargs)
+                   for s in specs]
 
 
 def robustness_table(

@@ -100,6 +100,53 @@ def accuracy_vs_epsilon(curves: pd.DataFrame):
     return grid.figure
 
 
+def robust_accuracy_curves(curves: pd.DataFrame, max_eps: float = 4.0):
+    """Robust accuracy against the L-inf radius (from the minimal radii), one panel per dataset.
+
+    ``curves`` has columns dataset, model, seed, eps, accuracy; the line is the mean over
+    training seeds and the band their range. The x-axis stops at ``max_eps`` (1/255), where
+    every model of the book is near zero; the dotted line marks Table 1's 0.5/255.
+    """
+    shown = curves[curves["eps"] <= max_eps]
+    grid = sns.relplot(data=shown, x="eps", y="accuracy", hue="model", col="dataset", kind="line",
+                       errorbar=("pi", 100), height=2.7, aspect=1.05, drawstyle="steps-post",
+                       hue_order=[m for m in MODEL_ORDER if m in set(shown["model"])],
+                       palette=MODEL_COLORS, facet_kws={"sharex": True})
+    grid.set_axis_labels("radius (x 1/255, L-inf)", "robust accuracy (%)")
+    grid.set_titles("{col_name}")
+    for ax in grid.axes.flat:
+        ax.set_ylim(-3, 103)
+        ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.45, 0.0), ncol=3, title=None, frameon=False)
+    return grid.figure
+
+
+def claims_forest(claims: pd.DataFrame, measure: str):
+    """Paired differences (A minus B) with 95% intervals, one row per claim and dataset.
+
+    The field's forest plot: a point left or right of the zero line with its interval;
+    the marker's colour is the verdict (:mod:`nbs_lib.report.verdicts`).
+    """
+    sub = claims[claims["measure"] == measure].reset_index(drop=True)
+    colors = {"reproduced": "#55a868", "opposite": "#c44e52", "no clear difference": "#8c8c8c",
+              "not testable": "#cccccc"}
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(sub) + 1.0))
+    labels = [f"{r.claim} ({r.dataset})" for r in sub.itertuples()]
+    for i, r in enumerate(sub.itertuples()):
+        ax.plot([r.ci_low, r.ci_high], [i, i], color="black", linewidth=1)
+        ax.plot(r.difference, i, "o", color=colors[r.verdict], markersize=7, markeredgecolor="black")
+    ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(sub)), labels, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"A minus B: {measure}")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, markeredgecolor="black", label=v)
+               for v, c in colors.items() if v in set(sub["verdict"])]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.5 / max(1, len(sub)) - 0.12),
+              ncol=len(handles), frameon=False, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def _titled_images(fig, axes, panels, fontsize: int, title: str = ""):
     """Draw ``(image, caption)`` pairs on ``axes`` without ticks, with an optional suptitle."""
     for ax, (img, text) in zip(axes, panels):

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache
-from nbs_lib.report.paper import TABLE1_ATTACK
-from nbs_lib.studies.common import attack_sample, evaluate_cached, sample_id
+from nbs_lib.methods.evaluate import decline_ratio
+from nbs_lib.methods.minimal_epsilon import curve_area, median_minimal_epsilon, robust_curve
+from nbs_lib.methods.statistics import bootstrap_interval, wilson_interval
+from nbs_lib.report.paper import TABLE1_ATTACK, TABLE2_ATTACKS
+from nbs_lib.report.verdicts import tally
+from nbs_lib.studies.common import (attack_sample, evaluate_cached, minimal_epsilon_cached, paired_claim,
+                                    robustness_study, sample_id)
 
 
 def epsilon_curves(models: dict, profile: str | Profile, eps_list, seed: int = 0, device="auto",
@@ -103,4 +109,227 @@ def attack_sanity(models: dict, table: pd.DataFrame, profile: str | Profile, see
             row["PGD-10#0.5 on AA images"] = pgd_small
             row["AA#0.5"] = get("AA#0.5")
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------
+# several training seeds, per-image results, intervals and claims (non-saturating)
+# ----------------------------------------------------------------------------------
+
+# Radii (1/255) of the minimal-epsilon ladder: steps of 0.125 up to 2, then wider steps for
+# robust models, up to 16 where every model must be at (near) zero accuracy.
+MIN_EPS_GRID = tuple(float(r) for r in np.arange(0.125, 2.0001, 0.125)) + (2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+CURVE_MAX = 2.0  # the robust-accuracy curve's area is taken over [0, 2/255]
+AA_RADII = ("AA#0.25", "AA#0.5", "AA#1.0")  # AutoAttack on the same images at three radii
+
+
+def seeded_study(datasets, profile: str | Profile, train_seeds=(0,), weights="imagenet", seed: int = 0,
+                 device="auto", cache: RunCache | None = None, progress: bool = True):
+    """:func:`robustness_study` for every training seed, on one dataset and one set of test images.
+
+    The first training seed gets every attack of Tables 1-2 and AutoAttack at :data:`AA_RADII`;
+    the others Table 1's attack (their minimal radii come from :func:`per_image_results`).
+    Returns ``(table, models_by_seed)`` with ``models_by_seed[train_seed][(dataset, regime)]``.
+    """
+    profile = get_profile(profile)
+    tables, by_seed = [], {}
+    for i, train_seed in enumerate(train_seeds):
+        attacks = [TABLE1_ATTACK, *TABLE2_ATTACKS, *AA_RADII] if i == 0 else [TABLE1_ATTACK]
+        attacks = list(dict.fromkeys(attacks))
+        table, models = robustness_study(datasets, profile, attacks, profile.arch, weights, seed, device, cache,
+                                         progress, train_seed=train_seed, masks=True)
+        tables.append(with_intervals(table))
+        by_seed[train_seed] = models
+    return pd.concat(tables, ignore_index=True), by_seed
+
+
+def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with 95% intervals from its per-image masks (which it then drops).
+
+    ``aoi_ci_*`` and ``aai_ci_*`` are Wilson intervals, ``dr_ci_*`` a bootstrap over images.
+    """
+    rows = []
+    for row in table.to_dict("records"):
+        clean, robust = np.asarray(row.pop("clean")), np.asarray(row.pop("robust"))
+        rows.append({**row, **_ci("aoi", wilson_interval(int(clean.sum()), len(clean))),
+                     **_ci("aai", wilson_interval(int(robust.sum()), len(robust))),
+                     **_ci("dr", bootstrap_interval(_dr_of_masks, clean, robust))})
+    return pd.DataFrame(rows)
+
+
+def _dr_of_masks(clean: np.ndarray, robust: np.ndarray) -> float:
+    return decline_ratio(100.0 * clean.mean(), 100.0 * robust.mean())
+
+
+def per_image_results(models_by_seed: dict, profile: str | Profile, seed: int = 0, grid=MIN_EPS_GRID,
+                      device="auto", cache: RunCache | None = None, progress: bool = True) -> pd.DataFrame:
+    """One row per model x test image: ``clean`` and ``robust`` (under PGD-10#0.5) and ``min_eps`` (1/255).
+
+    Columns ``dataset, model, seed, image, clean, robust, min_eps``; ``image`` indexes the
+    attack sample (the same images for every model and training seed of a dataset).
+    """
+    profile = get_profile(profile)
+    cache = cache or RunCache()
+    frames = []
+    jobs = [(ts, key, tm) for ts, models in models_by_seed.items() for key, tm in models.items()]
+    for train_seed, (dataset, regime), tm in tqdm(jobs, desc="minimal radii", disable=not progress):
+        images, labels, _ = attack_sample(dataset, profile, seed)
+        sample = sample_id(dataset, images, labels)
+        row = evaluate_cached(tm, images, labels, [TABLE1_ATTACK], sample, device, cache, False, profile,
+                              masks=True)[0]
+        radii = minimal_epsilon_cached(tm, images, labels, grid, sample, device, cache, progress=False)
+        frames.append(pd.DataFrame({"dataset": dataset, "model": regime, "seed": train_seed,
+                                    "image": np.arange(len(labels)), "clean": row["clean"],
+                                    "robust": row["robust"], "min_eps": radii}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def interval_table(per_image: pd.DataFrame, max_eps: float = CURVE_MAX) -> pd.DataFrame:
+    """Per dataset x model x seed: AOI, AAI (PGD-10#0.5) and DR with 95% intervals, and the radius scalars.
+
+    AOI and AAI get Wilson intervals, DR and the curve area a bootstrap over images;
+    ``median_eps`` is the median minimal radius of the clean-correct images (1/255) and
+    ``area`` the area under the robust-accuracy curve on ``[0, max_eps]`` (percent).
+    """
+    rows = []
+    for (dataset, model, seed), g in per_image.groupby(["dataset", "model", "seed"], sort=False):
+        clean, robust, radii = g["clean"].to_numpy(), g["robust"].to_numpy(), g["min_eps"].to_numpy()
+        n = len(g)
+        aoi, aai = 100.0 * clean.mean(), 100.0 * robust.mean()
+        rows.append({
+            "dataset": dataset, "model": model, "seed": seed, "n": n,
+            "aoi": aoi, **_ci("aoi", wilson_interval(int(clean.sum()), n)),
+            "aai": aai, **_ci("aai", wilson_interval(int(robust.sum()), n)),
+            "dr": decline_ratio(aoi, aai),
+            **_ci("dr", bootstrap_interval(_dr_of_masks, clean, robust)),
+            "median_eps": median_minimal_epsilon(radii),
+            "area": curve_area(radii, max_eps),
+            **_ci("area", bootstrap_interval(lambda m: curve_area(m, max_eps), radii)),
+        })
+    return pd.DataFrame(rows)
+
+
+def _ci(name: str, interval: tuple[float, float]) -> dict:
+    return {f"{name}_ci_low": interval[0], f"{name}_ci_high": interval[1]}
+
+
+def seed_summary(intervals: pd.DataFrame, values=("aoi", "aai", "dr", "median_eps", "area")) -> pd.DataFrame:
+    """Mean and spread (standard deviation) over training seeds, per dataset and model."""
+    grouped = intervals.groupby(["dataset", "model"], sort=False)
+    out = grouped[list(values)].agg(["mean", "std"])
+    out.columns = [f"{v} {stat}" for v, stat in out.columns]
+    out.insert(0, "seeds", grouped.size())
+    return out.reset_index()
+
+
+def robust_curves(per_image: pd.DataFrame, radii=(0.0, *MIN_EPS_GRID)) -> pd.DataFrame:
+    """Robust accuracy at every radius, per dataset x model x seed (from the minimal radii)."""
+    rows = []
+    for (dataset, model, seed), g in per_image.groupby(["dataset", "model", "seed"], sort=False):
+        for r, acc in zip(radii, robust_curve(g["min_eps"], radii)):
+            rows.append({"dataset": dataset, "model": model, "seed": seed, "eps": float(r), "accuracy": acc})
+    return pd.DataFrame(rows)
+
+
+# (observation, claim, A, B, expected direction of A against B, measure)
+TABLE1_CLAIMS = (
+    ("1", "full has higher AOI than standard", "full", "standard", "higher", "aoi"),
+    ("1", "full is less robust than standard", "full", "standard", "lower", "radius"),
+    ("1", "full is less robust than standard", "full", "standard", "lower", "robust"),
+    ("2", "full has higher AOI than partial", "full", "partial", "higher", "aoi"),
+    ("2", "full is more robust than partial", "full", "partial", "higher", "radius"),
+    ("2", "full is more robust than partial", "full", "partial", "higher", "robust"),
+)
+MEASURES = {
+    "aoi": "AOI (%)",
+    "radius": "mean minimal radius, both correct (1/255, capped at 2)",
+    "robust": "robust at 0.5/255, both correct (%)",
+}
+SATURATION = 1.0  # points from 0 or 100 where a percentage counts as saturated
+HIGH_AOI = 90.0  # observation 3's premise: the standard model "already has a high AOI"
+SMALL_GAIN = 2.0  # observation 3: pre-training adds "little" AOI (points)
+
+
+def _scores(per_image: pd.DataFrame, dataset: str, model: str, column: str) -> np.ndarray:
+    """Images x training seeds of one model's per-image column."""
+    g = per_image[(per_image["dataset"] == dataset) & (per_image["model"] == model)]
+    return g.pivot(index="image", columns="seed", values=column).to_numpy(dtype=float)
+
+
+def _claim_scores(per_image, dataset, a, b, measure, max_eps):
+    if measure == "aoi":
+        return _scores(per_image, dataset, a, "clean"), _scores(per_image, dataset, b, "clean"), "mask"
+    both = (_scores(per_image, dataset, a, "clean") > 0) & (_scores(per_image, dataset, b, "clean") > 0)
+    column = "min_eps" if measure == "radius" else "robust"
+    sa, sb = _scores(per_image, dataset, a, column), _scores(per_image, dataset, b, column)
+    if measure == "radius":
+        sa, sb = np.minimum(sa, max_eps), np.minimum(sb, max_eps)
+    return np.where(both, sa, np.nan), np.where(both, sb, np.nan), "mask" if measure == "robust" else "score"
+
+
+def table1_claims(per_image: pd.DataFrame, max_eps: float = CURVE_MAX, grid=MIN_EPS_GRID) -> pd.DataFrame:
+    """The paper's Table 1 observations as paired claims per dataset, each with its verdict.
+
+    Robustness is compared on the images both models classify correctly (what DR's
+    division by AOI intends), by two measures: the mean minimal radius capped at
+    ``max_eps`` (does not saturate) and the share robust at 0.5/255 (Table 1's radius,
+    saturates). A percentage is saturated within :data:`SATURATION` points of 0 or 100, a
+    radius when both models sit at the grid's first radius or at the cap.
+    Observation 3 ("where the standard model already has a high AOI, pre-training adds
+    little AOI but severe non-robustness") is **not testable** when the standard model's
+    AOI is below :data:`HIGH_AOI`; otherwise its verdict is that of "full is less robust
+    than standard" by the minimal radius, provided the AOI gain is below :data:`SMALL_GAIN`
+    points (else "no clear difference").
+    """
+    rows = []
+    for dataset in dict.fromkeys(per_image["dataset"]):
+        found = {}
+        for obs, claim, a, b, expected, measure in TABLE1_CLAIMS:
+            sa, sb, kind = _claim_scores(per_image, dataset, a, b, measure, max_eps)
+            floor, ceiling = (SATURATION, 100 - SATURATION) if kind == "mask" else (grid[0], max_eps)
+            result = paired_claim(sa, sb, expected, kind, floor, ceiling)
+            found[(claim, measure)] = result
+            rows.append({"observation": obs, "claim": claim, "dataset": dataset, "measure": MEASURES[measure],
+                         "A": a, "B": b, **result})
+        gain, robustness = found[(TABLE1_CLAIMS[0][1], "aoi")], found[(TABLE1_CLAIMS[1][1], "radius")]
+        if not gain["b"] >= HIGH_AOI:  # below the premise, or not measured
+            word = "not testable"
+        elif gain["difference"] < SMALL_GAIN:
+            word = robustness["verdict"]
+        else:
+            word = "no clear difference"
+        rows.append({"observation": "3", "claim": f"standard AOI >= {HIGH_AOI:g}: full gains < {SMALL_GAIN:g} "
+                     "points of AOI but is less robust", "dataset": dataset,
+                     "measure": f"standard AOI {gain['b']:.1f}%, gain {gain['difference']:+.1f} points",
+                     "A": "full", "B": "standard", **{k: robustness[k] for k in robustness if k != "verdict"},
+                     "verdict": word})
+    return pd.DataFrame(rows)
+
+
+def claim_tally(claims: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim and measure: its verdicts over the datasets in words."""
+    grouped = claims.groupby(["observation", "claim", "measure"], sort=False)["verdict"]
+    return grouped.apply(tally).rename("verdict over the datasets").reset_index()
+
+
+# Each claim of TABLE1_CLAIMS (and observation 3) and the column of :func:`observations` that
+# checks it on the paper's own Table 1 (single numbers, DR for robustness).
+PAPER_CHECKS = {
+    "full has higher AOI than standard": "1: full has higher AOI than standard",
+    "full is less robust than standard": "1: full has higher DR than standard",
+    "full has higher AOI than partial": "2: full has higher AOI than partial",
+    "full is more robust than partial": "2: full has lower DR than partial",
+}
+
+
+def what_reproduced(claims: pd.DataFrame, paper_table: pd.DataFrame) -> pd.DataFrame:
+    """Per claim and measure: how many of the paper's targets show it, and our verdicts over ours."""
+    paper_checks = observations(paper_table)
+    third = paper_checks.columns[-1]
+    rows = []
+    for r in claim_tally(claims).to_dict("records"):
+        holds = paper_checks[PAPER_CHECKS.get(r["claim"], third)]
+        rows.append({"observation": r["observation"], "claim": r["claim"], "measure": r["measure"],
+                     "paper (its Table 1)": f"{int(holds.sum())} of {len(holds)} targets",
+                     "this book": r["verdict over the datasets"]})
     return pd.DataFrame(rows)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
+import warnings
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -13,12 +13,17 @@ from nbs_lib.core.runs import RunCache, content_hash
 from nbs_lib.data.images import balanced_indices
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.attacks import parse_attack
-from nbs_lib.methods.evaluate import evaluate_robustness
+from nbs_lib.methods.evaluate import decline_ratio, robustness_masks
+from nbs_lib.methods.minimal_epsilon import minimal_epsilon
+from nbs_lib.methods.statistics import mcnemar, paired_bootstrap
 from nbs_lib.methods.train.config import REGIMES
 from nbs_lib.methods.train.recipes import TrainedModel, train_model
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE2_ATTACKS
+from nbs_lib.report.verdicts import verdict
 
-EVAL_CODE_VERSION = 1
+EVAL_CODE_VERSION = 2  # 2: the per-image clean and robust masks are kept
+MIN_EPS_CODE_VERSION = 1
+MIN_PAIRED_IMAGES = 20  # fewer paired images than this: a claim is not testable
 
 
 def attack_sample(dataset: str, profile: Profile, seed: int, n: int | None = None):
@@ -41,11 +46,15 @@ def sample_id(dataset: str, images: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def train_three(dataset: str, profile: str | Profile, arch: str | None = None,
                 weights="imagenet", seed: int = 0, device="auto", cache: RunCache | None = None,
-                regimes=REGIMES, progress: bool = True) -> dict[str, TrainedModel]:
-    """The paper's three models of ``dataset``: ``{"standard", "partial", "full"} -> TrainedModel``."""
+                regimes=REGIMES, progress: bool = True, train_seed: int | None = None
+                ) -> dict[str, TrainedModel]:
+    """The paper's three models of ``dataset``: ``{"standard", "partial", "full"} -> TrainedModel``.
+
+    ``seed`` fixes the data, ``train_seed`` (default ``seed``) the training run (:func:`train_model`).
+    """
     profile = get_profile(profile)
     return {regime: train_model(dataset, regime, profile, arch=arch, weights=weights, seed=seed,
-                                device=device, cache=cache, progress=progress)
+                                device=device, cache=cache, progress=progress, train_seed=train_seed)
             for regime in regimes}
 
 
@@ -68,11 +77,13 @@ def autoattack_budget(spec: str, profile: Profile) -> tuple[str, dict, str]:
 def evaluate_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
                     attacks: list[str], sample: dict, device="auto",
                     cache: RunCache | None = None, progress: bool = True,
-                    profile: Profile | None = None) -> list[dict]:
+                    profile: Profile | None = None, masks: bool = False) -> list[dict]:
     """AOI/AAI/DR of one trained model under each attack, each result cached on its own.
 
-    Each row keeps the attack's name in the paper's notation (``attack``) and says
-    with which budget it ran (``budget``; see :func:`autoattack_budget`).
+    Each row keeps the attack's name in the paper's notation (``attack``), says with
+    which budget it ran (``budget``; see :func:`autoattack_budget`); with ``masks=True``
+    it also carries the per-image masks as boolean arrays (``clean``, ``robust``; the
+    cache keeps them as strings of 0/1, :func:`mask_bits`).
     """
     if profile is None:
         raise ValueError("evaluate_cached needs the profile whose AutoAttack budget it runs "
@@ -87,22 +98,56 @@ def evaluate_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.T
                   "attack": run_spec, "options": options, "sample": sample, "n": len(labels)}
 
         def compute(run_spec=run_spec, options=options):
-            result = evaluate_robustness(trained.model, images, labels, [run_spec], device=device,
-                                         progress=False, **options)[0]
-            return asdict(result)
+            clean, (robust,) = robustness_masks(trained.model, images, labels, [run_spec], device=device,
+                                                progress=False, **options)
+            aoi, aai = 100.0 * int(clean.sum()) / len(clean), 100.0 * int(robust.sum()) / len(robust)
+            return {"aoi": aoi, "aai": aai, "dr": decline_ratio(aoi, aai), "attack": run_spec,
+                    "n": len(labels), "clean": mask_bits(clean), "robust": mask_bits(robust)}
 
         row = cache.memo("robustness", config, compute, code_version=EVAL_CODE_VERSION)
-        rows.append({**row, "attack": spec, "budget": budget})
+        clean, robust = bits_mask(row.pop("clean")), bits_mask(row.pop("robust"))
+        rows.append({**row, "attack": spec, "budget": budget, **({"clean": clean, "robust": robust} if masks else {})})
     return rows
+
+
+def mask_bits(mask) -> str:
+    """A boolean mask as a string of 0/1 (how the run cache keeps per-image results)."""
+    return "".join("1" if b else "0" for b in np.asarray(mask, dtype=bool))
+
+
+def bits_mask(bits: str) -> np.ndarray:
+    """The boolean mask of :func:`mask_bits`."""
+    return np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1")
+
+
+def minimal_epsilon_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor, grid,
+                           sample: dict, device="auto", cache: RunCache | None = None, steps: int = 10,
+                           norm: str = "Linf", progress: bool = True) -> np.ndarray:
+    """Per-image minimal radius of :func:`~nbs_lib.methods.minimal_epsilon.minimal_epsilon`, cached."""
+    cache = cache or RunCache()
+    grid = [float(r) for r in grid]
+    config = {"kind": "minimal_epsilon", "model": trained.config, "grid": grid, "steps": steps,
+              "norm": norm, "sample": sample}
+
+    def compute():
+        radii = minimal_epsilon(trained.model, images, labels, grid, steps, norm, device, progress=progress)
+        return [None if np.isinf(r) else float(r) for r in radii]
+
+    stored = cache.memo("minimal_epsilon", config, compute, code_version=MIN_EPS_CODE_VERSION)
+    return np.array([np.inf if r is None else r for r in stored], dtype=float)
 
 
 def robustness_study(datasets, profile: str | Profile = "mini", attacks=None, arch: str | None = None,
                      weights="imagenet", seed: int = 0, device="auto", cache: RunCache | None = None,
-                     progress: bool = True, regimes=REGIMES):
+                     progress: bool = True, regimes=REGIMES, train_seed: int | None = None,
+                     masks: bool = False):
     """Train the three models of every dataset and attack them.
 
     Returns ``(table, models)``: ``table`` has one row per dataset x model x attack with
-    columns ``dataset, model, attack, aoi, aai, dr, n`` (percent); ``models`` maps
+    columns ``dataset, model, seed, attack, aoi, aai, dr, n, budget`` (percent; ``seed`` is
+    the training seed, ``train_seed`` or ``seed``; the data and the attacked images follow
+    ``seed``, so models of several training seeds are compared on the same images; with
+    ``masks=True`` also ``clean`` and ``robust``, the per-image masks); ``models`` maps
     ``(dataset, regime)`` to the :class:`TrainedModel`. AutoAttack specs run on the
     profile's ``autoattack_samples`` images, the others on ``attack_samples``. ``regimes``
     chooses which of the three models are trained (all by default).
@@ -112,7 +157,7 @@ def robustness_study(datasets, profile: str | Profile = "mini", attacks=None, ar
     cache = cache or RunCache()
     rows, models = [], {}
     for dataset in datasets:
-        trained = train_three(dataset, profile, arch, weights, seed, device, cache, regimes, progress)
+        trained = train_three(dataset, profile, arch, weights, seed, device, cache, regimes, progress, train_seed)
         for regime, tm in tqdm(trained.items(), desc=f"{dataset}: attacks", disable=not progress):
             models[(dataset, regime)] = tm
             for group in _attack_groups(attacks, profile):
@@ -120,9 +165,10 @@ def robustness_study(datasets, profile: str | Profile = "mini", attacks=None, ar
                 images, labels, _ = attack_sample(dataset, profile, seed, n)
                 sample = sample_id(dataset, images, labels)
                 for row in evaluate_cached(tm, images, labels, specs, sample, device, cache,
-                                           progress, profile):
-                    rows.append({"dataset": dataset, "model": regime, **row})
-    table = pd.DataFrame(rows, columns=["dataset", "model", "attack", "aoi", "aai", "dr", "n", "budget"])
+                                           progress, profile, masks):
+                    rows.append({"dataset": dataset, "model": regime, "seed": tm.config["train"]["seed"], **row})
+    columns = ["dataset", "model", "seed", "attack", "aoi", "aai", "dr", "n", "budget"]
+    table = pd.DataFrame(rows, columns=columns + (["clean", "robust"] if masks else []))
     return table, models
 
 
@@ -157,3 +203,41 @@ def histories(models: dict) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+
+
+def paired_claim(a, b, expected: str, kind: str = "score", floor: float = 0.0, ceiling: float = 100.0) -> dict:
+    """The test and verdict of "A is ``expected`` than B" on paired per-image scores.
+
+    ``a`` and ``b`` are arrays of images x training seeds (a 1-D array is one seed);
+    ``nan`` marks an image left out for that seed (e.g. not classified correctly by
+    both models). Each image's score is its mean over the seeds where it counts.
+    ``kind="mask"`` reads the scores as 0/1 and reports percent; with one seed the test
+    is McNemar's exact test, otherwise (and for ``kind="score"``) a paired bootstrap
+    over images, each image carrying all its seeds. The claim is not testable when both
+    sides sit at ``floor`` or both at ``ceiling`` (a saturated measure), or when fewer
+    than :data:`MIN_PAIRED_IMAGES` images count (a bootstrap of a handful of images
+    claims a certainty it does not have). Returns the two means, the difference with its 95% interval, the
+    p-value, the test's name, the number of images and seeds, and the verdict word.
+    """
+    a = np.asarray(a, dtype=float).reshape(len(a), -1)
+    b = np.asarray(b, dtype=float).reshape(len(b), -1)
+    if a.shape != b.shape:
+        raise ValueError(f"Paired scores must have one shape; got {a.shape} and {b.shape}.")
+    scale = 100.0 if kind == "mask" else 1.0
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an image left out for every seed: dropped below
+        a_img, b_img = np.nanmean(a, 1) * scale, np.nanmean(b, 1) * scale
+    keep = np.isfinite(a_img) & np.isfinite(b_img)
+    a_img, b_img = a_img[keep], b_img[keep]
+    row = {"a": float("nan"), "b": float("nan"), "difference": float("nan"), "ci_low": float("nan"),
+           "ci_high": float("nan"), "p": float("nan"), "test": "", "images": int(keep.sum()),
+           "seeds": a.shape[1]}
+    if keep.sum() < MIN_PAIRED_IMAGES:
+        return {**row, "verdict": verdict(expected, float("nan"), float("nan"))}
+    boot = paired_bootstrap(a_img, b_img)
+    row.update(a=float(a_img.mean()), b=float(b_img.mean()), difference=boot["difference"],
+               ci_low=boot["ci_low"], ci_high=boot["ci_high"], p=boot["p"], test="paired bootstrap")
+    if kind == "mask" and a.shape[1] == 1:
+        row.update(p=mcnemar(a_img > 0, b_img > 0)["p"], test="McNemar (exact)")
+    saturated = all(v <= floor for v in (row["a"], row["b"])) or all(v >= ceiling for v in (row["a"], row["b"]))
+    return {**row, "verdict": verdict(expected, row["difference"], row["p"], testable=not saturated)}

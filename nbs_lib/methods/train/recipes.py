@@ -82,8 +82,12 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
                 progress: bool = True, adversarial: str | None = None, distill_weight: float = 0.0,
                 teacher: str | Path | None = None, lipschitz_weight: float = 0.0,
                 lipschitz_eps: float = 0.5, lipschitz_steps: int = 10,
-                compile: bool | str = False) -> TrainedModel:
+                compile: bool | str = False, train_seed: int | None = None) -> TrainedModel:
     """Train (or load from the run cache) the paper's ``regime`` model of ``dataset``.
+
+    ``seed`` fixes the data (generated sets, the validation split); ``train_seed``
+    (default: ``seed``) fixes the initialisation, batch order and augmentation, so
+    several training seeds share one dataset and one test sample (paired comparisons).
 
     ``adversarial`` (a PGD spec such as ``"PGD-7#8"``) trains on adversarial examples
     (:func:`adversarial_batch`) instead of clean ones. ``distill_weight``/``teacher``
@@ -107,7 +111,8 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
     for cand_f, cand_g in _candidate_lrs(regime, profile, lr_f, lr_g):
         config = TrainConfig(regime=regime, epochs=epochs or epochs_for(regime, profile, len(train_set)),
                              batch_size=profile.batch_size, lr_f=cand_f, lr_g=cand_g,
-                             augment=augmentation_for(dataset, augment or profile.augment), seed=seed,
+                             augment=augmentation_for(dataset, augment or profile.augment),
+                             seed=seed if train_seed is None else train_seed,
                              adversarial=adversarial, distill_weight=distill_weight,
                              teacher=None if teacher is None else str(teacher),
                              lipschitz_weight=lipschitz_weight, lipschitz_eps=lipschitz_eps,
