@@ -6,7 +6,6 @@ New code imports ``nbs_lib.report.plots``.
 """
 
 from nbs_lib.report.plots import (  # noqa: F401
-    accuracy_vs_epsilon,
     before_after_grid,
     dr_vs_size,
     example_grid,

@@ -7,7 +7,7 @@ import pandas as pd
 
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.models.registry import load_model
-from nbs_lib.report.plots import accuracy_vs_epsilon, example_grid, training_curves
+from nbs_lib.report.plots import claims_forest, example_grid, robust_accuracy_curves, training_curves
 from nbs_lib.report.widgets import (
     adversarial_explorer,
     dataset_browser,
@@ -56,6 +56,11 @@ def test_figures_draw():
     hist = pd.DataFrame({"dataset": ["d"] * 4, "model": ["standard", "standard", "full", "full"],
                          "epoch": [1, 2, 1, 2], "val_acc": [10, 20, 30, 40.0]})
     assert training_curves(hist) is not None
-    curves = pd.DataFrame({"dataset": ["d"] * 4, "model": ["standard"] * 2 + ["full"] * 2,
-                           "eps": [0, 1, 0, 1], "accuracy": [90, 50, 95, 5.0]})
-    assert accuracy_vs_epsilon(curves) is not None
+    curves = pd.DataFrame({"dataset": ["d"] * 8, "model": (["standard"] * 2 + ["full"] * 2) * 2,
+                           "seed": [0] * 4 + [1] * 4, "eps": [0, 1] * 4, "accuracy": [90, 50, 95, 5.0, 88, 40, 96, 3]})
+    assert robust_accuracy_curves(curves) is not None
+    claims = pd.DataFrame({"claim": ["a", "b"], "dataset": ["d", "d"], "measure": ["m", "m"],
+                           "difference": [1.0, -2.0], "ci_low": [0.5, -3.0], "ci_high": [1.5, 0.5],
+                           "verdict": ["reproduced", "no clear difference"]})
+    fig = claims_forest(claims, "m")
+    assert len(fig.axes[0].get_yticklabels()) == 2

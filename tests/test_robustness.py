@@ -5,7 +5,7 @@ from nbs_lib.core.profiles import get_profile
 from nbs_lib.core.runs import RunCache
 from nbs_lib.report import paper
 from nbs_lib.report.tables import compare_with_paper, paper_layout, table2_layout
-from nbs_lib.studies.ch01_robustness import epsilon_curves, observations
+from nbs_lib.studies.ch01_robustness import observations
 from nbs_lib.studies.common import attack_sample, autoattack_budget, robustness_study
 
 
@@ -37,10 +37,8 @@ def test_study_table_and_result_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(rob, "robustness_masks", lambda *a, **k: pytest.fail("re-attacked"))
     again, _ = robustness_study(**kwargs)
     pd.testing.assert_frame_equal(table, again)
-    curves = None
     with pytest.raises(pytest.fail.Exception):  # a new epsilon is a new config: computed
-        curves = epsilon_curves(models, "smoke", [0, 3], cache=cache, device="cpu", progress=False)
-    assert curves is None
+        robustness_study(**{**kwargs, "attacks": ["PGD-10#3.0"]})
 
 
 def test_layouts_match_the_paper_tables():
@@ -82,3 +80,44 @@ def test_a_missing_attack_is_not_a_failed_sanity_check():
     assert at_most(3.0, 5.0) is True and at_most(5.0, 3.0) is False
     assert at_most(float("nan"), 5.0) is None and at_most(5.0, float("nan")) is None
 
+
+
+def _constructed_per_image(n=200, seeds=(0, 1, 2)):
+    """Per-image results where full is clearly less robust than standard and partial, all saturated at 0.5."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in seeds:
+        for model, clean_rate, radius in (("standard", 0.95, 0.375), ("partial", 0.80, 0.375), ("full", 0.97, 0.125)):
+            clean = rng.random(n) < clean_rate
+            radii = np.where(clean, radius + rng.choice([0, 0.125], n), 0.0)
+            rows.append(pd.DataFrame({"dataset": "d", "model": model, "seed": seed, "image": np.arange(n),
+                                      "clean": clean, "robust": radii > 0.5, "min_eps": radii}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_table1_claims_follow_the_rules_on_constructed_results():
+    from nbs_lib.studies.ch01_robustness import claim_tally, table1_claims
+    claims = table1_claims(_constructed_per_image(), grid=(0.125, 0.25, 0.375, 0.5, 2.0))
+    get = lambda claim, measure: claims[(claims["claim"] == claim)  # noqa: E731
+                                        & claims["measure"].str.startswith(measure)].iloc[0]
+    less_robust = get("full is less robust than standard", "mean minimal radius")
+    assert less_robust["verdict"] == "reproduced" and less_robust["difference"] < 0 and less_robust["seeds"] == 3
+    # at 0.5/255 every model has lost every image: both sides saturated, not testable
+    assert get("full is less robust than standard", "robust at 0.5")["verdict"] == "not testable"
+    assert get("full is more robust than partial", "mean minimal radius")["verdict"] == "opposite"
+    assert get("full has higher AOI than partial", "AOI")["verdict"] == "reproduced"
+    # observation 3: standard AOI >= 90, gain about 2 points or less, less robust
+    third = claims[claims["observation"] == "3"].iloc[0]
+    assert third["verdict"] in ("reproduced", "no clear difference")
+    assert "of 1 reproduced" in claim_tally(claims).iloc[0]["verdict over the datasets"]
+
+
+def test_observation_three_is_not_testable_below_its_premise():
+    from nbs_lib.studies.ch01_robustness import table1_claims
+    per_image = _constructed_per_image()
+    standard = per_image["model"] == "standard"
+    per_image.loc[standard & (per_image["image"] < 60), ["clean", "robust"]] = False
+    per_image.loc[standard & (per_image["image"] < 60), "min_eps"] = 0.0
+    claims = table1_claims(per_image, grid=(0.125, 0.25, 0.375, 0.5, 2.0))
+    assert claims[claims["observation"] == "3"].iloc[0]["verdict"] == "not testable"

@@ -50,6 +50,9 @@ class Profile:
     feature_vis_steps: int = 200  # gradient steps of a feature visualisation (chapter 7)
     robustify_steps: int = 40  # gradient steps per image of the robustified source (chapter 7)
     natural_sets_whole: bool = False  # the natural-image targets whole, ignoring the per-class caps (paper)
+    train_seeds: tuple = (0,)  # training seeds of the decisive contrasts (chapter 1's three models)
+    # L-inf radii (1/255) of the minimal-radius ladder: 0.125 apart up to 2, then wider up to 16
+    radius_grid: tuple = tuple(r / 8 for r in range(1, 17)) + (2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 
     def replace(self, **overrides) -> "Profile":
         """A copy with some fields changed; an unknown field or a value of the wrong type is an error.
@@ -112,6 +115,7 @@ PROFILES: dict[str, Profile] = {
         feature_vis_steps=5,
         robustify_steps=3,
         source_image_size=16,
+        radius_grid=(0.5, 2.0, 16.0),
     ),
     "mini": Profile(
         name="mini",
@@ -130,6 +134,7 @@ PROFILES: dict[str, Profile] = {
         lr_grid_f=(5e-4,),
         lr_grid_g=(1e-3, 3e-3),
         lr_grid_standard=(2e-3,),
+        train_seeds=(0, 1, 2),
     ),
     "paper": Profile(
         name="paper",
@@ -159,6 +164,7 @@ PROFILES: dict[str, Profile] = {
         natural_sets_whole=True,
         feature_vis_steps=1000,
         robustify_steps=1000,
+        train_seeds=(0, 1, 2),
     ),
 }
 

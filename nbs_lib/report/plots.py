@@ -88,18 +88,6 @@ def training_curves(histories: pd.DataFrame):
     return grid.figure
 
 
-def accuracy_vs_epsilon(curves: pd.DataFrame):
-    """Accuracy against epsilon (in 1/255) per dataset, one line per model."""
-    grid = sns.relplot(data=curves, x="eps", y="accuracy", hue="model", col="dataset", kind="line",
-                       marker="o", height=2.6, aspect=1.0,
-                       hue_order=[m for m in MODEL_ORDER if m in set(curves["model"])],
-                       palette=MODEL_COLORS)
-    grid.set_axis_labels("epsilon (x 1/255, L-inf)", "accuracy under PGD-10 (%)")
-    for ax in grid.axes.flat:
-        ax.set_ylim(-3, 103)
-    return grid.figure
-
-
 def robust_accuracy_curves(curves: pd.DataFrame, max_eps: float = 4.0):
     """Robust accuracy against the L-inf radius (from the minimal radii), one panel per dataset.
 

@@ -48,3 +48,58 @@ def table5_layout(frame: pd.DataFrame) -> pd.DataFrame:
 def paper_table5_layout() -> pd.DataFrame:
     """The paper's Table 5 in :func:`table5_layout`'s layout."""
     return table5_layout(table5())
+
+
+def _with_interval(value: float, low: float, high: float, digits: int = 1) -> str:
+    if pd.isna(value):
+        return ""
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _styled(frame: pd.DataFrame):
+    return frame.style.hide(axis="index")
+
+
+def interval_view(table: pd.DataFrame, attack: str = TABLE1_ATTACK):
+    """Table 1 per training seed: AOI, AAI and DR, each with its 95% interval in brackets."""
+    sub = table[table["attack"] == attack]
+    view = pd.DataFrame({
+        "dataset": sub["dataset"], "model": sub["model"], "seed": sub["seed"], "images": sub["n"],
+        **{f"{m.upper()} [95% interval]": [_with_interval(r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
+                                           for r in sub.to_dict("records")] for m in ("aoi", "aai", "dr")},
+    })
+    return _styled(view)
+
+
+def radius_view(intervals: pd.DataFrame):
+    """Per dataset and model: mean +- standard deviation over training seeds of AOI and the radius scalars."""
+    grouped = intervals.groupby(["dataset", "model"], sort=False)
+
+    def mean_sd(column: str, digits: int):
+        mean, sd = grouped[column].mean(), grouped[column].std().fillna(0.0)
+        return [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, sd)]
+
+    keys = grouped.size().index
+    view = pd.DataFrame({"dataset": keys.get_level_values(0), "model": keys.get_level_values(1),
+                         "seeds": grouped.size().to_numpy(), "AOI (%)": mean_sd("aoi", 1),
+                         "median minimal radius (1/255)": mean_sd("median_eps", 3),
+                         "area on [0, 2/255] (%)": mean_sd("area", 1)})
+    return _styled(view)
+
+
+def claims_view(claims: pd.DataFrame):
+    """Paired claims as the book prints them: both sides, the difference with its interval, the test."""
+    keep = [c for c in ("observation", "claim", "attack", "dataset", "measure", "A", "B") if c in claims.columns]
+    view = claims[keep].copy()
+    if "premise" in claims.columns:
+        view["measure"] = [m if pd.isna(p) else f"{m} ({p})" for m, p in zip(view["measure"], claims["premise"])]
+    view["A value"] = claims["a"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    view["B value"] = claims["b"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    view["A - B [95% interval]"] = [_with_interval(r["difference"], r["ci_low"], r["ci_high"], 2)
+                                    for r in claims.to_dict("records")]
+    view["p"] = claims["p"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    view["test"] = claims["test"]
+    view["images"] = claims["images"]
+    view["seeds"] = claims["seeds"]
+    view["verdict"] = claims["verdict"]
+    return _styled(view)

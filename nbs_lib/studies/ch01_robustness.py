@@ -27,25 +27,6 @@ from nbs_lib.studies.common import (attack_sample, evaluate_cached, minimal_epsi
                                     robustness_study, sample_id)
 
 
-def epsilon_curves(models: dict, profile: str | Profile, eps_list, seed: int = 0, device="auto",
-                   attack_name: str = "PGD-10", n: int | None = None, cache: RunCache | None = None,
-                   progress: bool = True) -> pd.DataFrame:
-    """Accuracy under ``attack_name`` at each epsilon (1/255 units), every model, every dataset."""
-    profile = get_profile(profile)
-    cache = cache or RunCache()
-    rows = []
-    for (dataset, regime), tm in tqdm(models.items(), desc=f"{attack_name} curves", disable=not progress):
-        images, labels, _ = attack_sample(dataset, profile, seed, n)
-        specs = [f"{attack_name}#{float(e)}" for e in eps_list if e > 0]
-        results = evaluate_cached(tm, images, labels, specs, sample_id(dataset, images, labels), device,
-                                  cache, progress, profile)
-        if results:
-            rows.append({"dataset": dataset, "model": regime, "eps": 0.0, "accuracy": results[0]["aoi"]})
-        for e, r in zip([e for e in eps_list if e > 0], results):
-            rows.append({"dataset": dataset, "model": regime, "eps": float(e), "accuracy": r["aai"]})
-    return pd.DataFrame(rows)
-
-
 def observations(table: pd.DataFrame, attack: str = TABLE1_ATTACK) -> pd.DataFrame:
     """The three observations of the paper's Table 1, checked dataset by dataset.
 
@@ -82,17 +63,23 @@ def at_most(a: float, b: float) -> bool | None:
 
 
 def attack_sanity(models: dict, table: pd.DataFrame, profile: str | Profile, seed: int = 0, device="auto",
-                  cache: RunCache | None = None, progress: bool = True) -> pd.DataFrame:
+                  cache: RunCache | None = None, progress: bool = True,
+                  per_image: pd.DataFrame | None = None) -> pd.DataFrame:
     """The field's checks that the attacks are strong enough, per model.
 
     * PGD-10 is at least as strong as FGSM at the same epsilon (same images);
     * PGD-10 at 2/255 is at least as strong as at 0.5/255;
     * AutoAttack is at least as strong as PGD-10 at 0.5/255 on the AutoAttack images
       (PGD is re-run on that smaller sample so both see the same images).
-    A ``False`` points at a weak attack or gradient masking.
+    * with ``per_image`` (:func:`per_image_results`): the minimal-radius ladder leaves at
+      most 1% of the images robust at its largest radius (16/255).
+    A ``False`` points at a weak attack or gradient masking. ``table`` may hold several
+    training seeds; the checks use the first, which every attack ran for.
     """
     profile = get_profile(profile)
     cache = cache or RunCache()
+    if "seed" in table.columns:
+        table = table[table["seed"] == table["seed"].min()]
     aai = table.set_index(["dataset", "model", "attack"])["aai"]
     rows = []
     for (dataset, regime), tm in tqdm(models.items(), desc="attack checks", disable=not progress):
@@ -108,6 +95,12 @@ def attack_sanity(models: dict, table: pd.DataFrame, profile: str | Profile, see
             row["AA <= PGD at 0.5 (AA images)"] = at_most(get("AA#0.5"), pgd_small)
             row["PGD-10#0.5 on AA images"] = pgd_small
             row["AA#0.5"] = get("AA#0.5")
+        if per_image is not None:
+            g = per_image[(per_image["dataset"] == dataset) & (per_image["model"] == regime)
+                          & (per_image["seed"] == per_image["seed"].min())]
+            largest = max(profile.radius_grid)
+            row[f"robust at {largest:g}/255 (%)"] = float(robust_curve(g["min_eps"], [largest])[0])
+            row[f"near 0 at {largest:g}/255"] = bool(row[f"robust at {largest:g}/255 (%)"] <= 1.0)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -116,9 +109,6 @@ def attack_sanity(models: dict, table: pd.DataFrame, profile: str | Profile, see
 # several training seeds, per-image results, intervals and claims (non-saturating)
 # ----------------------------------------------------------------------------------
 
-# Radii (1/255) of the minimal-epsilon ladder: steps of 0.125 up to 2, then wider steps for
-# robust models, up to 16 where every model must be at (near) zero accuracy.
-MIN_EPS_GRID = tuple(float(r) for r in np.arange(0.125, 2.0001, 0.125)) + (2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 CURVE_MAX = 2.0  # the robust-accuracy curve's area is taken over [0, 2/255]
 AA_RADII = ("AA#0.25", "AA#0.5", "AA#1.0")  # AutoAttack on the same images at three radii
 
@@ -144,13 +134,13 @@ def seeded_study(datasets, profile: str | Profile, train_seeds=(0,), weights="im
 
 
 def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with 95% intervals from its per-image masks (which it then drops).
+    """``table`` with 95% intervals from its per-image masks (kept in ``clean`` and ``robust``).
 
     ``aoi_ci_*`` and ``aai_ci_*`` are Wilson intervals, ``dr_ci_*`` a bootstrap over images.
     """
     rows = []
     for row in table.to_dict("records"):
-        clean, robust = np.asarray(row.pop("clean")), np.asarray(row.pop("robust"))
+        clean, robust = np.asarray(row["clean"]), np.asarray(row["robust"])
         rows.append({**row, **_ci("aoi", wilson_interval(int(clean.sum()), len(clean))),
                      **_ci("aai", wilson_interval(int(robust.sum()), len(robust))),
                      **_ci("dr", bootstrap_interval(_dr_of_masks, clean, robust))})
@@ -161,10 +151,11 @@ def _dr_of_masks(clean: np.ndarray, robust: np.ndarray) -> float:
     return decline_ratio(100.0 * clean.mean(), 100.0 * robust.mean())
 
 
-def per_image_results(models_by_seed: dict, profile: str | Profile, seed: int = 0, grid=MIN_EPS_GRID,
-                      device="auto", cache: RunCache | None = None, progress: bool = True) -> pd.DataFrame:
+def per_image_results(models_by_seed: dict, profile: str | Profile, seed: int = 0, device="auto",
+                      cache: RunCache | None = None, progress: bool = True) -> pd.DataFrame:
     """One row per model x test image: ``clean`` and ``robust`` (under PGD-10#0.5) and ``min_eps`` (1/255).
 
+    The minimal radius is the first of ``profile.radius_grid`` at which PGD-10 breaks the image.
     Columns ``dataset, model, seed, image, clean, robust, min_eps``; ``image`` indexes the
     attack sample (the same images for every model and training seed of a dataset).
     """
@@ -177,7 +168,8 @@ def per_image_results(models_by_seed: dict, profile: str | Profile, seed: int = 
         sample = sample_id(dataset, images, labels)
         row = evaluate_cached(tm, images, labels, [TABLE1_ATTACK], sample, device, cache, False, profile,
                               masks=True)[0]
-        radii = minimal_epsilon_cached(tm, images, labels, grid, sample, device, cache, progress=False)
+        radii = minimal_epsilon_cached(tm, images, labels, profile.radius_grid, sample, device, cache,
+                                       progress=False)
         frames.append(pd.DataFrame({"dataset": dataset, "model": regime, "seed": train_seed,
                                     "image": np.arange(len(labels)), "clean": row["clean"],
                                     "robust": row["robust"], "min_eps": radii}))
@@ -222,8 +214,9 @@ def seed_summary(intervals: pd.DataFrame, values=("aoi", "aai", "dr", "median_ep
     return out.reset_index()
 
 
-def robust_curves(per_image: pd.DataFrame, radii=(0.0, *MIN_EPS_GRID)) -> pd.DataFrame:
-    """Robust accuracy at every radius, per dataset x model x seed (from the minimal radii)."""
+def robust_curves(per_image: pd.DataFrame, grid) -> pd.DataFrame:
+    """Robust accuracy at 0 and every radius of ``grid``, per dataset x model x seed (from the minimal radii)."""
+    radii = (0.0, *grid)
     rows = []
     for (dataset, model, seed), g in per_image.groupby(["dataset", "model", "seed"], sort=False):
         for r, acc in zip(radii, robust_curve(g["min_eps"], radii)):
@@ -267,14 +260,14 @@ def _claim_scores(per_image, dataset, a, b, measure, max_eps):
     return np.where(both, sa, np.nan), np.where(both, sb, np.nan), "mask" if measure == "robust" else "score"
 
 
-def table1_claims(per_image: pd.DataFrame, max_eps: float = CURVE_MAX, grid=MIN_EPS_GRID) -> pd.DataFrame:
+def table1_claims(per_image: pd.DataFrame, grid, max_eps: float = CURVE_MAX) -> pd.DataFrame:
     """The paper's Table 1 observations as paired claims per dataset, each with its verdict.
 
     Robustness is compared on the images both models classify correctly (what DR's
     division by AOI intends), by two measures: the mean minimal radius capped at
     ``max_eps`` (does not saturate) and the share robust at 0.5/255 (Table 1's radius,
     saturates). A percentage is saturated within :data:`SATURATION` points of 0 or 100, a
-    radius when both models sit at the grid's first radius or at the cap.
+    radius when both models sit at the first radius of ``grid`` (the ladder's) or at the cap.
     Observation 3 ("where the standard model already has a high AOI, pre-training adds
     little AOI but severe non-robustness") is **not testable** when the standard model's
     AOI is below :data:`HIGH_AOI`; otherwise its verdict is that of "full is less robust
@@ -300,15 +293,17 @@ def table1_claims(per_image: pd.DataFrame, max_eps: float = CURVE_MAX, grid=MIN_
             word = "no clear difference"
         rows.append({"observation": "3", "claim": f"standard AOI >= {HIGH_AOI:g}: full gains < {SMALL_GAIN:g} "
                      "points of AOI but is less robust", "dataset": dataset,
-                     "measure": f"standard AOI {gain['b']:.1f}%, gain {gain['difference']:+.1f} points",
+                     "measure": "standard AOI, AOI gain, mean minimal radius",
+                     "premise": f"standard AOI {gain['b']:.1f}%, gain {gain['difference']:+.1f} points",
                      "A": "full", "B": "standard", **{k: robustness[k] for k in robustness if k != "verdict"},
                      "verdict": word})
     return pd.DataFrame(rows)
 
 
 def claim_tally(claims: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim and measure: its verdicts over the datasets in words."""
-    grouped = claims.groupby(["observation", "claim", "measure"], sort=False)["verdict"]
+    """One row per claim and measure (or attack): its verdicts over the datasets in words."""
+    keys = [c for c in ("observation", "claim", "measure", "attack") if c in claims.columns]
+    grouped = claims.groupby(keys, sort=False)["verdict"]
     return grouped.apply(tally).rename("verdict over the datasets").reset_index()
 
 
@@ -332,4 +327,30 @@ def what_reproduced(claims: pd.DataFrame, paper_table: pd.DataFrame) -> pd.DataF
         rows.append({"observation": r["observation"], "claim": r["claim"], "measure": r["measure"],
                      "paper (its Table 1)": f"{int(holds.sum())} of {len(holds)} targets",
                      "this book": r["verdict over the datasets"]})
+    return pd.DataFrame(rows)
+
+
+def published(table: pd.DataFrame) -> pd.DataFrame:
+    """The study's table without its per-image masks: what ``book/results`` keeps."""
+    return table.drop(columns=[c for c in ("clean", "robust") if c in table.columns])
+
+
+def table2_claims(table: pd.DataFrame, attacks=(*TABLE2_ATTACKS, *AA_RADII)) -> pd.DataFrame:
+    """Table 2's claim, "the fine-tuned model has lower AAI than the standard one", per attack and dataset.
+
+    Paired on the same images (McNemar's exact test on the robust masks of the first
+    training seed, the one every attack ran for).
+    """
+    first = table["seed"].min()
+    sub = table[(table["seed"] == first)].set_index(["dataset", "model", "attack"])
+    rows = []
+    for dataset in dict.fromkeys(table["dataset"]):
+        for attack in attacks:
+            if (dataset, "full", attack) not in sub.index or (dataset, "standard", attack) not in sub.index:
+                continue
+            full, standard = sub.loc[(dataset, "full", attack)], sub.loc[(dataset, "standard", attack)]
+            result = paired_claim(np.asarray(full["robust"]), np.asarray(standard["robust"]), "lower", "mask",
+                                  SATURATION, 100 - SATURATION)
+            rows.append({"claim": "full has lower AAI than standard", "attack": attack, "dataset": dataset,
+                         "budget": full["budget"], **result})
     return pd.DataFrame(rows)

@@ -1,0 +1,89 @@
+"""Sections of ``book/summary.md`` generated from ``book/results/*.csv`` (never typed by hand).
+
+A generated section sits between two marker lines naming the CSV files it is built from;
+:func:`update_summary` rewrites what is between them. ``make book`` runs it after the
+chapters (``python -m nbs_lib.report.summary``), and a test checks that the committed
+summary equals what the committed CSVs give, and that every number in a generated
+section is one of those CSVs' values.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from nbs_lib.report.results import DEFAULT_RESULTS_DIR, results_path
+
+SUMMARY = DEFAULT_RESULTS_DIR.parent / "summary.md"
+BEGIN = "<!-- begin generated: {name} (from {sources}; nbs_lib.report.summary, do not edit) -->"
+END = "<!-- end generated: {name} -->"
+
+
+def _read(name: str, results_dir) -> pd.DataFrame:
+    path = results_path(name, results_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path.name} is missing from the results folder; run its chapter "
+                                "(make book ONLY=...) to write it.")
+    return pd.read_csv(path)
+
+
+def _difference(row) -> str:
+    return f"{row['difference']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
+
+
+def chapter1(results_dir=None) -> str:
+    """Chapter 1's verdicts: each claim with the paper's count and ours, and each target's difference."""
+    verdicts = _read("01_robustness_verdicts", results_dir)
+    claims = _read("01_robustness_claims", results_dir)
+    table2 = _read("01_robustness_table2_claims", results_dir)
+    lines = ["| claim of the paper | measure | paper (its Table 1) | this book (`mini`) | A - B [95% interval] per target |",
+             "|---|---|---|---|---|"]
+    for v in verdicts.to_dict("records"):
+        rows = claims[(claims["claim"] == v["claim"]) & (claims["measure"] == v["measure"])]
+        per_target = "; ".join(f"`{r['dataset']}` {_difference(r)}: {r['verdict']}" for r in rows.to_dict("records")
+                               if pd.notna(r["difference"]))
+        lines.append(f"| {v['claim']} | {v['measure']} | {v['paper (its Table 1)']} | {v['this book']} | "
+                     f"{per_target} |")
+    reproduced = (table2["verdict"] == "reproduced").sum()
+    lines += ["", f"Table 2 (the fine-tuned model keeps fewer images than the standard one, McNemar, first "
+              f"training seed): {reproduced} of {len(table2)} attack x target pairs reproduced; "
+              + "; ".join(f"{verdict} {count}" for verdict, count in table2["verdict"].value_counts().items()
+                          if verdict != "reproduced") + "."]
+    return "\n".join(lines)
+
+
+SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "
+                             "01_robustness_table2_claims.csv")}
+
+
+def generated(text: str, name: str) -> str | None:
+    """The body of section ``name`` in ``text`` (``None`` when its markers are missing)."""
+    pattern = re.escape(BEGIN.split("{name}")[0]) + re.escape(name) + r" .*?-->\n(.*?)\n" + \
+        re.escape(END.format(name=name))
+    m = re.search(pattern, text, flags=re.S)
+    return None if m is None else m.group(1)
+
+
+def update_summary(path: str | Path = SUMMARY, results_dir=None) -> str:
+    """Rewrite every generated section of the summary at ``path``; returns the new text."""
+    path = Path(path)
+    text = path.read_text()
+    for name, (build, sources) in SECTIONS.items():
+        begin, end = BEGIN.format(name=name, sources=sources), END.format(name=name)
+        body = build(results_dir)
+        if generated(text, name) is None:
+            raise ValueError(f"{path.name} has no markers for section {name}; put the lines\n{begin}\n{end}\n"
+                             "where it belongs.")
+        start = text.index(BEGIN.split("{name}")[0] + name)
+        stop = text.index(end) + len(end)
+        text = text[:start] + f"{begin}\n{body}\n{end}" + text[stop:]
+    path.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    update_summary(*sys.argv[1:2])
+    print(f"updated {SUMMARY if len(sys.argv) < 2 else sys.argv[1]}")
