@@ -39,6 +39,7 @@ book: venv data
 	  $(BIN)/papermill $$nb book/$$name.ipynb -p profile $(PROFILE) --progress-bar --log-output || exit 1; \
 	  echo "== $$name done in $$(( $$(date +%s) - start )) s"; \
 	done
+	$(BIN)/python -m nbs_lib.report.summary
 	$(MAKE) html
 
 html: venv

@@ -1,4 +1,4 @@
-"""Old flat name, kept only for the executed chapter(s) 01, 02, 04-06 in ``book/``.
+"""Old flat name, kept only for the executed chapter(s) 02, 04-06 in ``book/``.
 
 Their code cells import ``nbs_lib.paper``; the chapters are re-executed with the layered
 imports by this round's issues, and this module goes when the last of them has been.

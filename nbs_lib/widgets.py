@@ -1,4 +1,4 @@
-"""Old flat name, kept only for the executed chapter(s) 00-03 in ``book/``.
+"""Old flat name, kept only for the executed chapter(s) 00, 02, 03 in ``book/``.
 
 Their code cells import ``nbs_lib.widgets``; the chapters are re-executed with the layered
 imports by this round's issues, and this module goes when the last of them has been.

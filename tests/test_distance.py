@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -35,6 +36,8 @@ def test_study_on_two_smoke_targets(tmp_path):
     assert frame.dataset.tolist() == ["digits", "shapes"]
     assert (frame.mmd_p > 0).all() and (frame.bandwidth > 0).all()
     assert frame.dr.between(0, 100).all() and not frame.mmd.isna().any()
+    assert frame.area.between(0, 100).all() and (frame.area_ci_low <= frame.area).all()
+    assert (frame.area <= frame.area_ci_high).all() and (frame.median_eps >= 0).all()
     assert set(models) == {(d, r) for d in ("digits", "shapes") for r in ("standard", "full")}
     again, _ = mmd_study(**kwargs)
     pd.testing.assert_frame_equal(frame, again)
@@ -44,3 +47,20 @@ def test_correlation_with_a_constant_column_is_undefined_not_an_error():
     frame = pd.DataFrame({"mmd": [0.1, 0.2, 0.4], "dr": [100.0, 100.0, 100.0]})
     out = correlations(frame, n_boot=50)
     assert out.r.isna().all() and out.ci_low.isna().all() and (out.n_boot == 0).all()
+
+
+def test_mmd_claims_follow_the_verdict_rules():
+    from nbs_lib.studies.ch04_mmd_vs_dr import mmd_claims
+    mmd = np.linspace(0.1, 0.7, 7)
+    frame = pd.DataFrame({"mmd": mmd, "dr": [100.0] * 7, "area": 60 - 80 * mmd,
+                          "median_eps": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+                          "dr_standard": [10, 50, 20, 40, 30, 60, 5.0]})
+    claims = mmd_claims(frame, n_boot=200).set_index(["model", "measure"])["verdict"]
+    full = claims["full"]
+    assert full.filter(like="DR").iloc[0] == "not testable"  # the same DR on every target
+    assert full.filter(like="area").iloc[0] == "reproduced"
+    assert full.filter(like="radius").iloc[0] == "reproduced"
+    assert claims["standard"].iloc[0] == "no clear relation"
+    reversed_frame = frame.assign(area=20 + 80 * mmd)
+    assert mmd_claims(reversed_frame, n_boot=200).set_index("measure")["verdict"].filter(like="area").iloc[0] \
+        == "opposite"

@@ -130,3 +130,16 @@ def test_shims_are_thin(shim):
     tree = ast.parse((PACKAGE / f"{shim}.py").read_text())
     own = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom, ast.Expr))]
     assert own == [], f"nbs_lib/{shim}.py defines code; it should only re-export"
+
+
+def test_every_kept_flat_name_is_still_used_by_an_executed_chapter():
+    """A shim exists only for executed chapters in book/; when none imports it, it must go."""
+    import json
+    book = Path(__file__).resolve().parents[1] / "book"
+    code = "\n".join("".join(cell["source"]) for nb in sorted(book.glob("*.ipynb"))
+                     for cell in json.loads(nb.read_text())["cells"] if cell["cell_type"] == "code")
+    unused = sorted(name for name in SHIMS
+                    if f"nbs_lib.{name} import" not in code and f"nbs_lib.{name}\n" not in code
+                    and not any(name in line.split("import", 1)[1].replace(",", " ").split()
+                                for line in code.splitlines() if line.startswith("from nbs_lib import")))
+    assert not unused, f"no executed chapter imports {unused}: delete those modules and drop them from SHIMS"

@@ -3,7 +3,8 @@ import torch
 
 from nbs_lib.core.profiles import get_profile
 from nbs_lib.core.runs import RunCache
-from nbs_lib.methods.train.config import TrainConfig, config_key
+from nbs_lib.methods.train.config import TrainConfig
+from nbs_lib.methods.train.terms import config_key
 from nbs_lib.models.registry import load_model
 from nbs_lib.studies.ch06_dm_regularisation import method_settings
 from nbs_lib.studies.ch07_robust_transfer import external_source

@@ -7,7 +7,8 @@ import torch
 
 from nbs_lib.data.images import LabeledImages
 from nbs_lib.methods.similarity import local_lipschitz
-from nbs_lib.methods.train.config import TrainConfig, config_key
+from nbs_lib.methods.train.config import TrainConfig
+from nbs_lib.methods.train.terms import config_key
 from nbs_lib.methods.train.loop import fit
 from nbs_lib.methods.train.recipes import model_config, weights_id
 from nbs_lib.models.registry import load_model
@@ -178,3 +179,16 @@ def test_partial_fine_tuning_cannot_regularise_f(sources):
         TrainConfig("partial", 1, 8, 0, 1e-3, lipschitz_weight=1.0)
     with pytest.raises(ValueError, match="regime='full'"):
         TrainConfig("partial", 1, 8, 0, 1e-3, distill_weight=1.0, teacher=sources["robust"])
+
+
+def test_feature_terms_are_chosen_by_their_weights_and_own_their_key_fields(sources):
+    from nbs_lib.methods.train.terms import (ADVERSARIAL_KEY_DEFAULTS, FEATURE_TERMS, DiscrepancyMitigating,
+                                             FeatureDistillation, feature_terms)
+    both = _config(lipschitz_weight=1.0, distill_weight=1.0, teacher=sources["robust"])
+    assert [type(t) for t in feature_terms(both)] == [FeatureDistillation, DiscrepancyMitigating]
+    assert feature_terms(_config()) == []
+    owned = {**ADVERSARIAL_KEY_DEFAULTS, **{k: v for kind in FEATURE_TERMS for k, v in kind.KEY_DEFAULTS.items()}}
+    plain = config_key(_config())
+    assert set(plain) == set(OLD_FIELDS) and not set(plain) & set(owned)
+    for field, default in owned.items():  # each owned field holds its off-value in a plain config
+        assert getattr(_config(), field) == default

@@ -43,6 +43,7 @@ __all__ = [
     "accuracy",
     "robust_accuracy",
     "decline_ratio",
+    "mask_decline_ratio",
     "RobustnessResult",
     "evaluate_robustness",
     "robustness_table",
@@ -172,6 +173,12 @@ def decline_ratio(aoi, aai):
     with np.errstate(divide="ignore", invalid="ignore"):
         dr = np.where(aoi_a == 0, np.nan, 100.0 * (aoi_a - aai_a) / np.where(aoi_a == 0, 1.0, aoi_a))
     return float(dr) if dr.ndim == 0 else dr
+
+
+def mask_decline_ratio(clean, robust) -> float:
+    """DR in percent from per-image clean-correct and robust masks (for bootstrapping over images)."""
+    clean, robust = np.asarray(clean, dtype=bool), np.asarray(robust, dtype=bool)
+    return decline_ratio(100.0 * clean.mean(), 100.0 * robust.mean())
 
 
 @dataclass

@@ -195,26 +195,37 @@ def similarity_bars(frame: pd.DataFrame, measure: str = "cca", reduction: str = 
     return fig
 
 
-def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None):
-    """DR of the fine-tuned model against the target's MMD from the source, labelled (Figure 6).
+MMD_Y_LABELS = {"dr": "DR under PGD-10#0.5 (%)", "area": "robust-curve area on [0, 2/255] (%)",
+                "median_eps": "median minimal radius (1/255)"}
 
-    The standard models' DR is drawn in grey for context (the paper plots only the
-    fine-tuned model's).
+
+def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None, y: str = "dr", ax=None):
+    """Non-robustness of the fine-tuned model against the target's MMD from the source (Figure 6).
+
+    ``y`` is the paper's ``"dr"`` or a measure that does not saturate (``"area"``,
+    ``"median_eps"``; chapter 1). The standard models' value is drawn in grey for context
+    (the paper plots only the fine-tuned model's); intervals are drawn where the frame has
+    ``{y}_ci_low`` and ``{y}_ci_high``.
     """
-    fig, ax = plt.subplots(figsize=(5.4, 3.8))
-    ax.scatter(frame.mmd, frame.dr, color=MODEL_COLORS["full"], zorder=3, label="fine-tuned (full)")
-    if "dr_standard" in frame:
-        ax.scatter(frame.mmd, frame.dr_standard, marker="x", color="grey", zorder=2, label="standard")
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.4, 3.8))
+    ax.scatter(frame.mmd, frame[y], color=MODEL_COLORS["full"], zorder=3, label="fine-tuned (full)")
+    if f"{y}_ci_low" in frame:
+        ax.errorbar(frame.mmd, frame[y], yerr=[frame[y] - frame[f"{y}_ci_low"], frame[f"{y}_ci_high"] - frame[y]],
+                    fmt="none", ecolor=MODEL_COLORS["full"], alpha=0.6, zorder=2)
+    standard = "dr_standard" if y == "dr" else f"{y}_standard"
+    if standard in frame:
+        ax.scatter(frame.mmd, frame[standard], marker="x", color="grey", zorder=2, label="standard")
     for _, row in frame.iterrows():
-        ax.annotate(row.dataset, (row.mmd, row.dr), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(row.dataset, (row.mmd, row[y]), textcoords="offset points", xytext=(4, 4), fontsize=9)
     ax.set_xlabel("MMD$^2$ of target from source (pre-trained embedding)")
-    ax.set_ylabel("DR under PGD-10#0.5 (%)")
-    ax.set_ylim(-3, 103)
+    ax.set_ylabel(MMD_Y_LABELS.get(y, y))
+    if y in ("dr", "area"):
+        ax.set_ylim(-3, 103)
     if correlations is not None:
         text = ", ".join(f"{r.correlation} {r.r:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
                          for r in correlations.itertuples())
-        ax.set_title(text, fontsize=8)
-    ax.legend(fontsize=8, loc="lower right")
+        ax.set_title(text, fontsize=9)
+    ax.legend(fontsize=9, loc="best")
     fig.tight_layout()
     return fig
 

@@ -39,8 +39,8 @@ def chapter1(results_dir=None) -> str:
     verdicts = _read("01_robustness_verdicts", results_dir)
     claims = _read("01_robustness_claims", results_dir)
     table2 = _read("01_robustness_table2_claims", results_dir)
-    lines = ["| claim of the paper | measure | paper (its Table 1) | this book (`mini`) | A - B [95% interval] per target |",
-             "|---|---|---|---|---|"]
+    lines = ["| claim of the paper | measure | paper (its Table 1) | this book (`mini`) "
+             "| A - B [95% interval] per target |", "|---|---|---|---|---|"]
     for v in verdicts.to_dict("records"):
         rows = claims[(claims["claim"] == v["claim"]) & (claims["measure"] == v["measure"])]
         per_target = "; ".join(f"`{r['dataset']}` {_difference(r)}: {r['verdict']}" for r in rows.to_dict("records")
@@ -61,7 +61,7 @@ SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.c
 
 def generated(text: str, name: str) -> str | None:
     """The body of section ``name`` in ``text`` (``None`` when its markers are missing)."""
-    pattern = re.escape(BEGIN.split("{name}")[0]) + re.escape(name) + r" .*?-->\n(.*?)\n" + \
+    pattern = re.escape(BEGIN.split("{name}")[0]) + re.escape(name) + r" .*?-->\n(.*?)\n?" + \
         re.escape(END.format(name=name))
     m = re.search(pattern, text, flags=re.S)
     return None if m is None else m.group(1)

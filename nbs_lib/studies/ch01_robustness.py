@@ -18,13 +18,13 @@ from tqdm.auto import tqdm
 
 from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache
-from nbs_lib.methods.evaluate import decline_ratio
+from nbs_lib.methods.evaluate import decline_ratio, mask_decline_ratio
 from nbs_lib.methods.minimal_epsilon import curve_area, median_minimal_epsilon, robust_curve
 from nbs_lib.methods.statistics import bootstrap_interval, wilson_interval
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE2_ATTACKS
 from nbs_lib.report.verdicts import tally
-from nbs_lib.studies.common import (attack_sample, evaluate_cached, minimal_epsilon_cached, paired_claim,
-                                    robustness_study, sample_id)
+from nbs_lib.studies.common import (RADIUS_AREA_MAX, attack_sample, evaluate_cached, minimal_epsilon_cached,
+                                    paired_claim, robustness_study, sample_id)
 
 
 def observations(table: pd.DataFrame, attack: str = TABLE1_ATTACK) -> pd.DataFrame:
@@ -109,7 +109,7 @@ def attack_sanity(models: dict, table: pd.DataFrame, profile: str | Profile, see
 # several training seeds, per-image results, intervals and claims (non-saturating)
 # ----------------------------------------------------------------------------------
 
-CURVE_MAX = 2.0  # the robust-accuracy curve's area is taken over [0, 2/255]
+CURVE_MAX = RADIUS_AREA_MAX  # the robust-accuracy curve's area is taken over [0, 2/255]
 AA_RADII = ("AA#0.25", "AA#0.5", "AA#1.0")  # AutoAttack on the same images at three radii
 
 
@@ -143,12 +143,8 @@ def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
         clean, robust = np.asarray(row["clean"]), np.asarray(row["robust"])
         rows.append({**row, **_ci("aoi", wilson_interval(int(clean.sum()), len(clean))),
                      **_ci("aai", wilson_interval(int(robust.sum()), len(robust))),
-                     **_ci("dr", bootstrap_interval(_dr_of_masks, clean, robust))})
+                     **_ci("dr", bootstrap_interval(mask_decline_ratio, clean, robust))})
     return pd.DataFrame(rows)
-
-
-def _dr_of_masks(clean: np.ndarray, robust: np.ndarray) -> float:
-    return decline_ratio(100.0 * clean.mean(), 100.0 * robust.mean())
 
 
 def per_image_results(models_by_seed: dict, profile: str | Profile, seed: int = 0, device="auto",
@@ -193,7 +189,7 @@ def interval_table(per_image: pd.DataFrame, max_eps: float = CURVE_MAX) -> pd.Da
             "aoi": aoi, **_ci("aoi", wilson_interval(int(clean.sum()), n)),
             "aai": aai, **_ci("aai", wilson_interval(int(robust.sum()), n)),
             "dr": decline_ratio(aoi, aai),
-            **_ci("dr", bootstrap_interval(_dr_of_masks, clean, robust)),
+            **_ci("dr", bootstrap_interval(mask_decline_ratio, clean, robust)),
             "median_eps": median_minimal_epsilon(radii),
             "area": curve_area(radii, max_eps),
             **_ci("area", bootstrap_interval(lambda m: curve_area(m, max_eps), radii)),

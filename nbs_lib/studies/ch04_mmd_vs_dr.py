@@ -27,16 +27,20 @@ from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache
 from nbs_lib.data.generators import natural_photo_sample
 from nbs_lib.data.registry import balanced_sample
+from nbs_lib.methods.evaluate import mask_decline_ratio
 from nbs_lib.methods.similarity import median_bandwidth, mmd_permutation_test
+from nbs_lib.methods.statistics import bootstrap_interval
 from nbs_lib.methods.train.recipes import weights_id
 from nbs_lib.models.layers import embeddings
 from nbs_lib.models.registry import load_model
 from nbs_lib.report.paper import TABLE1_ATTACK
-from nbs_lib.studies.common import robustness_study, sample_id
+from nbs_lib.report.verdicts import verdict
+from nbs_lib.studies.common import radius_summary, robustness_study, sample_id
 
 DISTANCE_CODE_VERSION = 1
-COLUMNS = ["dataset", "mmd", "mmd_p", "bandwidth", "dr", "aoi", "aai", "dr_standard", "aoi_standard",
-           "n_source", "n_target"]
+COLUMNS = ["dataset", "mmd", "mmd_p", "bandwidth", "dr", "dr_ci_low", "dr_ci_high", "aoi", "aai",
+           "median_eps", "area", "area_ci_low", "area_ci_high", "dr_standard", "aoi_standard",
+           "median_eps_standard", "area_standard", "n", "n_source", "n_target"]
 
 
 def target_images(dataset: str, profile: Profile, n: int, seed: int = 0) -> torch.Tensor:
@@ -62,12 +66,18 @@ def mmd_study(datasets, profile: str | Profile = "mini", arch: str | None = None
     heuristic on the source embeddings pooled with every target's, so that the MMD
     values are on one scale. Returns ``(frame, models)`` with one row per dataset
     (columns :data:`COLUMNS`) and chapter 1's models.
+
+    Besides DR at 0.5/255 (with a bootstrap interval over images), each model gets the
+    non-saturating measures of chapter 1 from its per-image minimal radii on the attack
+    sample (ladder ``profile.radius_grid``): the median minimal radius (1/255) and the area
+    under the robust-accuracy curve on [0, 2/255] (percent, with its bootstrap interval).
     """
     profile = get_profile(profile)
     arch = arch or profile.arch
     cache = cache or RunCache()
     table, models = robustness_study(datasets, profile, [attack], arch, weights, seed, device, cache,
-                                     progress, regimes=("standard", "full"))
+                                     progress, regimes=("standard", "full"), masks=True)
+    radii = {key: radius_summary(tm, key[0], profile, seed, device, cache) for key, tm in models.items()}
     pretrained = load_model(arch, weights=weights, num_classes=1000, seed=seed).eval()
     source = natural_photo_sample(n_source, profile.image_size, seed=seed, folder=source_folder)
     samples = {d: target_images(d, profile, n_target, seed) for d in datasets}
@@ -89,8 +99,12 @@ def mmd_study(datasets, profile: str | Profile = "mini", arch: str | None = None
     for d in datasets:
         full = table[(table.dataset == d) & (table.model == "full")].iloc[0]
         standard = table[(table.dataset == d) & (table.model == "standard")].iloc[0]
-        rows.append({"dataset": d, **distances[d], "dr": full.dr, "aoi": full.aoi, "aai": full.aai,
+        dr_low, dr_high = bootstrap_interval(mask_decline_ratio, np.asarray(full.clean), np.asarray(full.robust))
+        rows.append({"dataset": d, **distances[d], "dr": full.dr, "dr_ci_low": dr_low, "dr_ci_high": dr_high,
+                     "aoi": full.aoi, "aai": full.aai, **radii[(d, "full")],
                      "dr_standard": standard.dr, "aoi_standard": standard.aoi,
+                     "median_eps_standard": radii[(d, "standard")]["median_eps"],
+                     "area_standard": radii[(d, "standard")]["area"], "n": full.n,
                      "n_source": len(source), "n_target": len(samples[d])})
     return pd.DataFrame(rows, columns=COLUMNS), models
 
@@ -122,4 +136,43 @@ def correlations(frame: pd.DataFrame, x: str = "mmd", y: str = "dr", n_boot: int
         rows.append({"correlation": name, "r": float(result[0]), "p_value": float(result[1]),
                      "ci_low": float(low), "ci_high": float(high), "n_datasets": len(xs),
                      "n_boot": len(boot)})
+    return pd.DataFrame(rows)
+
+
+# (measure column, its name, the paper's direction of its correlation with MMD)
+MMD_CLAIMS = (
+    ("dr", "DR under PGD-10#0.5 (the paper's measure; saturates)", "higher"),
+    ("area", "robust-curve area on [0, 2/255] (does not saturate)", "lower"),
+    ("median_eps", "median minimal radius (does not saturate)", "lower"),
+)
+
+
+def mmd_claims(frame: pd.DataFrame, n_boot: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """"Non-robustness grows with the MMD from the source", tested with each measure (Figure 6).
+
+    The statistic is Spearman's rank correlation over the targets with its exact
+    permutation p-value and a bootstrap interval over targets (:func:`correlations`). The
+    paper's direction is a positive correlation for DR and a negative one for the
+    measures of robustness (a farther target keeps less of it). Verdicts follow
+    :func:`nbs_lib.report.verdicts.verdict`; a measure that is the same on every target
+    (saturated) is not testable. The standard models are a control: nothing is
+    transferred to them, so the paper predicts no relation.
+    """
+    rows = []
+    for model, suffix in (("full", ""), ("standard", "_standard")):
+        for column, measure, expected in MMD_CLAIMS:
+            if column + suffix not in frame.columns:
+                continue
+            values = frame[column + suffix].replace([np.inf, -np.inf], np.nan)
+            testable = values.notna().sum() >= 3 and np.ptp(values.dropna()) > 0
+            spearman = (correlations(frame.assign(y=values), "mmd", "y", n_boot=n_boot, seed=seed).iloc[0]
+                        if testable else None)
+            r, p = (spearman["r"], spearman["p_value"]) if testable else (float("nan"), float("nan"))
+            rows.append({"model": model, "measure": measure, "expected": "positive" if expected == "higher"
+                         else "negative", "spearman": r,
+                         "ci_low": spearman["ci_low"] if testable else float("nan"),
+                         "ci_high": spearman["ci_high"] if testable else float("nan"), "p": p,
+                         "targets": int(values.notna().sum()),
+                         "verdict": verdict(expected, r, p, testable) if model == "full" else
+                         ("no clear relation" if not testable or p >= 0.05 else "a relation")})
     return pd.DataFrame(rows)

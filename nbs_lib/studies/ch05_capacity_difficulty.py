@@ -22,8 +22,8 @@ from nbs_lib.methods.evaluate import decline_ratio
 from nbs_lib.methods.train.recipes import train_model
 from nbs_lib.models.registry import load_model, model_info
 from nbs_lib.report.paper import TABLE1_ATTACK
-from nbs_lib.studies.common import attack_sample, evaluate_cached, sample_id
-from nbs_lib.studies.sources import finetune_from_source, pretrain_source, source_table
+from nbs_lib.studies.common import attack_sample, evaluate_cached, radius_summary, sample_id
+from nbs_lib.studies.sources import finetune_from_source, pretrain_source, source_table, target_profile
 
 CAPACITY_ARCHS = {"mini": ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
                   "paper": ("resnet18", "resnet50", "resnet101", "wide_resnet50_2", "wide_resnet101_2")}
@@ -43,7 +43,8 @@ def capacity_study(datasets, profile: str | Profile = "mini", archs=None, weight
     whose cache it usually loads); the larger ones reuse the learning rates it chose
     on each target, so the comparison changes the backbone only (and costs one
     training per backbone and target). Columns ``backbone, size_mb, dataset, aoi, aai,
-    dr, lr_f, lr_g, val_acc``.
+    dr, median_eps, area, area_ci_low, area_ci_high, lr_f, lr_g, val_acc`` (the radius
+    measures of :func:`nbs_lib.studies.common.radius_summary`, which do not saturate).
     """
     profile = get_profile(profile)
     archs = list(archs or capacity_archs(profile))
@@ -61,14 +62,17 @@ def capacity_study(datasets, profile: str | Profile = "mini", archs=None, weight
             row = evaluate_cached(tm, images, labels, [attack], sample_id(dataset, images, labels), device,
                                   cache, progress, profile)[0]
             rows.append({"backbone": arch, "size_mb": size, "dataset": dataset, "aoi": row["aoi"],
-                         "aai": row["aai"], "dr": row["dr"], "lr_f": tm.config["train"]["lr_f"],
-                         "lr_g": tm.config["train"]["lr_g"], "val_acc": tm.val_acc})
+                         "aai": row["aai"], "dr": row["dr"],
+                         **radius_summary(tm, dataset, profile, seed, device, cache),
+                         "lr_f": tm.config["train"]["lr_f"], "lr_g": tm.config["train"]["lr_g"],
+                         "val_acc": tm.val_acc})
     return pd.DataFrame(rows)
 
 
 def table3_layout(frame: pd.DataFrame) -> pd.DataFrame:
     """Means over the targets per backbone, as the paper's Table 3 (backbones as columns)."""
-    mean = frame.groupby("backbone", sort=False)[["size_mb", "aoi", "aai", "dr"]].mean()
+    values = [c for c in ("size_mb", "aoi", "aai", "dr", "median_eps", "area") if c in frame.columns]
+    mean = frame.groupby("backbone", sort=False)[values].mean()
     return mean.round(2).T
 
 
@@ -79,17 +83,21 @@ def difficulty_study(profile: str | Profile = "mini", sources=DIFFICULTY["source
     """Pre-train one backbone on each source, fine-tune it on each target (Table 4).
 
     Returns ``(table, sources)``: per source and target the fully fine-tuned model's
-    AOI, AAI and DR; and per source model its own accuracy (:func:`source_table`).
+    AOI, AAI, DR and the radius measures (:func:`nbs_lib.studies.common.radius_summary`);
+    and per source model its own accuracy (:func:`source_table`).
     """
     cache = cache or RunCache()
     rows, models = [], []
     for source in sources:
         model = pretrain_source(source, profile, seed=seed, device=device, cache=cache, progress=progress)
         models.append(model)
-        table, _ = finetune_from_source(targets, model, profile, [attack], ("full",), seed, device, cache,
-                                        progress)
-        rows.append(table.assign(source=source))
-    table = pd.concat(rows, ignore_index=True)[["source", "dataset", "aoi", "aai", "dr"]]
+        table, finetuned = finetune_from_source(targets, model, profile, [attack], ("full",), seed, device,
+                                                cache, progress)
+        radius = pd.DataFrame([radius_summary(finetuned[(d, "full")], d, target_profile(profile), seed, device,
+                                              cache) for d in table["dataset"]])
+        rows.append(pd.concat([table.reset_index(drop=True), radius], axis=1).assign(source=source))
+    table = pd.concat(rows, ignore_index=True)[["source", "dataset", "aoi", "aai", "dr", "median_eps", "area",
+                                                "area_ci_low", "area_ci_high"]]
     return table, source_table(models)
 
 

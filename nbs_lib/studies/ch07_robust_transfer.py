@@ -47,7 +47,7 @@ from nbs_lib.data.images import LabeledImages, train_val_split
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.attacks import parse_attack, pgd
 from nbs_lib.methods.threat_models import threat_model
-from nbs_lib.methods.train.config import TrainConfig, config_key
+from nbs_lib.methods.train.config import TrainConfig
 from nbs_lib.methods.train.loop import fit
 from nbs_lib.methods.train.recipes import (
     TrainedModel,
@@ -55,6 +55,7 @@ from nbs_lib.methods.train.recipes import (
     train_model,
     weights_id,
 )
+from nbs_lib.methods.train.terms import config_key
 from nbs_lib.models.registry import load_model
 from nbs_lib.models.split import SplitClassifier
 from nbs_lib.studies.common import attack_sample, evaluate_cached, sample_id

@@ -14,8 +14,8 @@ from nbs_lib.data.images import balanced_indices
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.attacks import parse_attack
 from nbs_lib.methods.evaluate import decline_ratio, robustness_masks
-from nbs_lib.methods.minimal_epsilon import minimal_epsilon
-from nbs_lib.methods.statistics import mcnemar, paired_bootstrap
+from nbs_lib.methods.minimal_epsilon import curve_area, median_minimal_epsilon, minimal_epsilon
+from nbs_lib.methods.statistics import bootstrap_interval, mcnemar, paired_bootstrap
 from nbs_lib.methods.train.config import REGIMES
 from nbs_lib.methods.train.recipes import TrainedModel, train_model
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE2_ATTACKS
@@ -135,6 +135,26 @@ def minimal_epsilon_cached(trained: TrainedModel, images: torch.Tensor, labels: 
 
     stored = cache.memo("minimal_epsilon", config, compute, code_version=MIN_EPS_CODE_VERSION)
     return np.array([np.inf if r is None else r for r in stored], dtype=float)
+
+
+RADIUS_AREA_MAX = 2.0  # robust-curve areas are taken over [0, 2/255] throughout the book
+
+
+def radius_summary(trained: TrainedModel, dataset: str, profile: Profile, seed: int = 0, device="auto",
+                   cache: RunCache | None = None) -> dict:
+    """A model's non-saturating robustness on its attack sample, from the per-image minimal radii.
+
+    ``median_eps``: median minimal radius of the clean-correct images (1/255); ``area``: area
+    under the robust-accuracy curve on [0, :data:`RADIUS_AREA_MAX`/255] in percent, with a
+    bootstrap interval over images (``area_ci_low``, ``area_ci_high``). The ladder is
+    ``profile.radius_grid`` (:func:`minimal_epsilon_cached`).
+    """
+    images, labels, _ = attack_sample(dataset, profile, seed)
+    radii = minimal_epsilon_cached(trained, images, labels, profile.radius_grid, sample_id(dataset, images, labels),
+                                   device, cache, progress=False)
+    low, high = bootstrap_interval(lambda m: curve_area(m, RADIUS_AREA_MAX), radii)
+    return {"median_eps": median_minimal_epsilon(radii), "area": curve_area(radii, RADIUS_AREA_MAX),
+            "area_ci_low": low, "area_ci_high": high}
 
 
 def robustness_study(datasets, profile: str | Profile = "mini", attacks=None, arch: str | None = None,

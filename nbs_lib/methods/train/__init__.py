@@ -7,7 +7,7 @@
 * :mod:`~nbs_lib.methods.train.launch`: the ``torchrun`` entry point.
 """
 
-from nbs_lib.methods.train.config import REGIMES, TrainConfig, config_key
+from nbs_lib.methods.train.config import REGIMES, TrainConfig
 from nbs_lib.methods.train.loop import fit
 from nbs_lib.methods.train.recipes import (
            TrainedModel,
@@ -15,6 +15,7 @@ from nbs_lib.methods.train.recipes import (
            train_model,
            weights_id,
 )
+from nbs_lib.methods.train.terms import config_key
 
 __all__ = ["REGIMES", "TrainConfig", "config_key", "fit", "TrainedModel", "model_config", "train_model",
            "weights_id"]

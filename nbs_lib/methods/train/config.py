@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,17 +76,3 @@ class TrainConfig:
     def regularised(self) -> bool:
         """Whether the loss has a term on f's features (KD or DM) besides the cross-entropy."""
         return self.distill_weight > 0 or self.lipschitz_weight > 0
-
-
-# Fields added to TrainConfig after models were cached: left out of a run's cache key
-# while they hold their default, so adding them did not invalidate the trained models.
-_LATER_FIELDS = {"adversarial": None, "distill_weight": 0.0, "teacher": None,
-                 "lipschitz_weight": 0.0, "lipschitz_eps": 0.5, "lipschitz_steps": 10}
-
-
-def config_key(config: TrainConfig) -> dict:
-    """``config`` as the dict that enters a run-cache key (see :data:`_LATER_FIELDS`)."""
-    return {k: v for k, v in dataclasses.asdict(config).items()
-            if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
-
-

@@ -66,14 +66,8 @@ from nbs_lib.core.device import frozen_eval, resolve_device
 from nbs_lib.data.images import LabeledImages
 from nbs_lib.methods.batches import augment_batch, device_data, input_batches
 from nbs_lib.methods.evaluate import dataset_accuracy
-from nbs_lib.methods.similarity.lipschitz import lipschitz_ratio
 from nbs_lib.methods.train.config import TrainConfig
-from nbs_lib.methods.train.terms import (
-    _feature_mse,
-    adversarial_batch,
-    lipschitz_batch,
-    load_teacher,
-)
+from nbs_lib.methods.train.terms import FeatureTerm, adversarial_batch, feature_terms
 from nbs_lib.models.split import SplitClassifier
 
 # ----------------------------------------------------------------------------------
@@ -201,11 +195,6 @@ def _ce(logits: torch.Tensor, y: torch.Tensor, share: float | None) -> torch.Ten
     return F.cross_entropy(logits.float(), y, reduction="sum") * share
 
 
-def _batch_mean(values: torch.Tensor, share: float | None) -> torch.Tensor:
-    """Mean of per-image values; under DDP their sum times ``world / global batch size``."""
-    return values.mean() if share is None else values.sum() * share
-
-
 @dataclass
 class _Loop:
     """What one epoch of :func:`fit` needs besides the data."""
@@ -217,7 +206,7 @@ class _Loop:
     config: TrainConfig
     device: torch.device
     frozen_embeddings: bool
-    teacher: nn.Module | None
+    terms: list[FeatureTerm]  # loss terms on f's features (KD, DM), added to the cross-entropy
     step_amp: bool
     ddp: bool
     on_step: Callable[[int, nn.Module], None] | None
@@ -252,24 +241,20 @@ def _train_step(loop: _Loop, x: torch.Tensor, y: torch.Tensor, data_gen, attack_
         x, y = distributed.local_slice(x), distributed.local_slice(y)
     if config.adversarial:
         x = adversarial_batch(model, x, y, config.adversarial, attack_gen)
-    x_lip = lipschitz_batch(model, x, config, attack_gen) if config.lipschitz_weight > 0 else None
+    perturbed = [t.perturbed(model, x, attack_gen) for t in loop.terms if t.needs_perturbed]
+    x_pert = perturbed[0] if perturbed else None  # feature_terms allows at most one such term
     with _autocast(loop.device, loop.step_amp):
-        if x_lip is None:
+        if x_pert is None:
             logits, feats = loop.step(x)
+            feats_pert = None
         else:
-            logits, feats = loop.step(torch.cat([x, x_lip]), len(x))
-            feats, feats_lip = feats[:len(x)], feats[len(x):]
+            logits, feats = loop.step(torch.cat([x, x_pert]), len(x))
+            feats, feats_pert = feats[:len(x)], feats[len(x):]
         loss = _ce(logits, y, share)
-        if loop.teacher is not None:
-            with torch.no_grad():
-                target = loop.teacher(x).float()
-            kd = _feature_mse(feats, target, share)
-            loss = loss + config.distill_weight * kd
-            totals["kd"] += _local_sum(kd, len(y), share)
-        if x_lip is not None:
-            ll = _batch_mean(lipschitz_ratio(feats, feats_lip, x, x_lip), share)
-            loss = loss + config.lipschitz_weight * ll
-            totals["ll"] += _local_sum(ll, len(y), share)
+        for term in loop.terms:
+            value = term.value(feats, feats_pert, x, x_pert, share)
+            loss = loss + term.weight * value
+            totals[term.history_key] += _local_sum(value, len(y), share)
     loop.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     loop.optimizer.step()
@@ -290,7 +275,8 @@ def _run_epoch(loop: _Loop, data, labels, epoch: int, n_train: int, num_workers:
     """One pass over the training data; the epoch's history row (without validation)."""
     data_gen, attack_gen = _epoch_generators(loop, epoch)
     _set_train_mode(loop.model, loop.config.regime)
-    totals = {k: torch.zeros((), device=loop.device) for k in ("loss", "correct", "kd", "ll")}
+    keys = ("loss", "correct", *(t.history_key for t in loop.terms))
+    totals = {k: torch.zeros((), device=loop.device) for k in keys}
     for x, y in input_batches(data, labels, loop.config.batch_size, loop.device, True, data_gen,
                               num_workers):
         _train_step(loop, x, y, data_gen, attack_gen, totals)
@@ -299,10 +285,8 @@ def _run_epoch(loop: _Loop, data, labels, epoch: int, n_train: int, num_workers:
         totals = dict(zip(totals, summed))
     row = {"epoch": epoch + 1, "train_loss": totals["loss"].item() / n_train,
            "train_acc": 100.0 * totals["correct"].item() / n_train}
-    if loop.teacher is not None:
-        row["distill_loss"] = totals["kd"].item() / n_train
-    if loop.config.lipschitz_weight > 0:
-        row["lipschitz"] = totals["ll"].item() / n_train
+    for term in loop.terms:
+        row[term.history_key] = totals[term.history_key].item() / n_train
     return row
 
 
@@ -358,18 +342,20 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
     labels = train.labels.to(device)
     frozen_embeddings = (config.regime == "partial" and config.augment == "none" and not config.adversarial
                          and not config.regularised)
-    teacher = load_teacher(model, config, device) if config.distill_weight > 0 else None
+    terms = feature_terms(config)
+    for term in terms:
+        term.setup(model, device)
     if frozen_embeddings:
         data = _embed(model.features, data, labels, device, 256, amp, num_workers)
 
     ddp = distributed.is_distributed()
     undo_sync_bn = distributed.sync_batchnorm(model, device) if ddp else None
     try:
-        step: nn.Module = _Step(model, head_only=frozen_embeddings, with_features=config.regularised)
+        step: nn.Module = _Step(model, head_only=frozen_embeddings, with_features=bool(terms))
         if ddp:
             step = distributed.wrap(step, device)
         loop = _Loop(model, _maybe_compile(step, compile, device), optimizer, scheduler, config, device,
-                     frozen_embeddings, teacher, amp and not config.lipschitz_weight > 0, ddp, on_step,
+                     frozen_embeddings, terms, amp and not any(t.float32 for t in terms), ddp, on_step,
                      global_step=len(history) * steps_per_epoch)  # correct after a resume
         bar = tqdm(range(len(history), config.epochs), desc=desc, disable=not progress, leave=True)
         for epoch in bar:

@@ -12,8 +12,9 @@ from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache, content_hash
 from nbs_lib.data.images import LabeledImages, train_val_split
 from nbs_lib.data.registry import load_dataset
-from nbs_lib.methods.train.config import TRAIN_CODE_VERSION, TrainConfig, config_key
+from nbs_lib.methods.train.config import TRAIN_CODE_VERSION, TrainConfig
 from nbs_lib.methods.train.loop import fit
+from nbs_lib.methods.train.terms import config_key
 from nbs_lib.models.registry import load_model
 from nbs_lib.models.split import SplitClassifier
 

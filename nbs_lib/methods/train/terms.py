@@ -1,7 +1,17 @@
-"""Inputs and loss terms added to the cross-entropy: adversarial training, KD, DM."""
+"""Inputs and loss terms added to the cross-entropy: adversarial training, KD, DM.
+
+The loss terms on f's features are objects with one interface (:class:`FeatureTerm`), so
+the training loop adds whichever :func:`feature_terms` gives for a config without knowing
+them: KD@stage-2 (:class:`FeatureDistillation`) and DM (:class:`DiscrepancyMitigating`).
+Each optional part of a run (these two and adversarial inputs) names its fields of
+:class:`TrainConfig` and their off-values (``KEY_DEFAULTS``), and so supplies its part of
+the cache key (:func:`config_key`): a field enters the key only when it differs from its
+off-value, which kept the keys of models cached before the part existed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -10,10 +20,12 @@ from torch import nn
 
 from nbs_lib.core.device import frozen_eval
 from nbs_lib.methods.attacks import parse_attack, pgd
-from nbs_lib.methods.similarity.lipschitz import lipschitz_pgd
+from nbs_lib.methods.similarity.lipschitz import lipschitz_pgd, lipschitz_ratio
 from nbs_lib.methods.train.config import TrainConfig
 from nbs_lib.models.registry import load_model
 from nbs_lib.models.split import SplitClassifier
+
+ADVERSARIAL_KEY_DEFAULTS = {"adversarial": None}  # adversarial inputs (Madry et al. 2018): off
 
 
 def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: str,
@@ -76,3 +88,99 @@ def _feature_mse(feats: torch.Tensor, target: torch.Tensor, share: float | None)
     return F.mse_loss(feats.float(), target, reduction="sum") / math.prod(feats.shape[1:]) * share
 
 
+
+
+def _batch_mean(values: torch.Tensor, share: float | None) -> torch.Tensor:
+    """Mean of per-image values; under DDP their sum times ``world / global batch size``."""
+    return values.mean() if share is None else values.sum() * share
+
+
+class FeatureTerm:
+    """A weighted loss term on f's features, added to the cross-entropy by the training loop.
+
+    ``weight`` multiplies :meth:`value`; ``history_key`` names its mean in the training
+    history; ``needs_perturbed`` says whether :meth:`perturbed` supplies a second input
+    x' that goes through f with x as one batch; ``float32`` keeps the step out of bf16
+    autocast. ``KEY_DEFAULTS`` are its :class:`TrainConfig` fields and their off-values.
+    """
+
+    KEY_DEFAULTS: dict = {}
+    history_key = ""
+    needs_perturbed = False
+    float32 = False
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    @property
+    def weight(self) -> float:
+        raise NotImplementedError
+
+    def setup(self, model: SplitClassifier, device: torch.device) -> None:
+        """Prepare what the term needs on ``device`` (once per fit)."""
+
+    def perturbed(self, model: SplitClassifier, x: torch.Tensor, generator) -> torch.Tensor | None:
+        return None
+
+    def value(self, feats, feats_perturbed, x, x_perturbed, share: float | None) -> torch.Tensor:
+        """The term's batch mean (this rank's share of it under DDP, like the cross-entropy)."""
+        raise NotImplementedError
+
+
+class FeatureDistillation(FeatureTerm):
+    """KD@stage-2: ``mean ||f(x) - f_T(x)||_2^2 / embedding_dim`` to a frozen robust teacher."""
+
+    KEY_DEFAULTS = {"distill_weight": 0.0, "teacher": None}
+    history_key = "distill_loss"
+
+    @property
+    def weight(self) -> float:
+        return self.config.distill_weight
+
+    def setup(self, model, device):
+        self.teacher = load_teacher(model, self.config, device)
+
+    def value(self, feats, feats_perturbed, x, x_perturbed, share):
+        with torch.no_grad():
+            target = self.teacher(x).float()
+        return _feature_mse(feats, target, share)
+
+
+class DiscrepancyMitigating(FeatureTerm):
+    """DM (eq. 5): ``mean ||f(x) - f(x')||_1 / ||x - x'||_inf``, x' the inner max (:func:`lipschitz_batch`)."""
+
+    KEY_DEFAULTS = {"lipschitz_weight": 0.0, "lipschitz_eps": 0.5, "lipschitz_steps": 10}
+    history_key = "lipschitz"
+    needs_perturbed = True
+    float32 = True  # perturbations of 0.5/255 are near bf16's resolution
+
+    @property
+    def weight(self) -> float:
+        return self.config.lipschitz_weight
+
+    def perturbed(self, model, x, generator):
+        return lipschitz_batch(model, x, self.config, generator)
+
+    def value(self, feats, feats_perturbed, x, x_perturbed, share):
+        return _batch_mean(lipschitz_ratio(feats, feats_perturbed, x, x_perturbed), share)
+
+
+FEATURE_TERMS = (FeatureDistillation, DiscrepancyMitigating)  # in the order the loss adds them
+
+
+def feature_terms(config: TrainConfig) -> list[FeatureTerm]:
+    """The feature terms switched on in ``config`` (weight > 0), in :data:`FEATURE_TERMS` order."""
+    terms = [t for t in (kind(config) for kind in FEATURE_TERMS) if t.weight > 0]
+    if sum(t.needs_perturbed for t in terms) > 1:
+        raise ValueError("At most one feature term may bring its own perturbed inputs.")
+    return terms
+
+
+def config_key(config: TrainConfig) -> dict:
+    """``config`` as the dict that enters a run-cache key.
+
+    Every field, except those of an optional part (adversarial inputs, each
+    :data:`FEATURE_TERMS` class) that hold their off-value.
+    """
+    off = {**ADVERSARIAL_KEY_DEFAULTS, **{k: v for kind in FEATURE_TERMS for k, v in kind.KEY_DEFAULTS.items()}}
+    return {k: v for k, v in dataclasses.asdict(config).items() if not (k in off and v == off[k])}
