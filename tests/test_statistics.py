@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from nbs_lib.methods.statistics import bootstrap_interval, mcnemar, paired_bootstrap, wilson_interval
+from nbs_lib.methods.statistics import bootstrap_interval, mcnemar, paired_bootstrap, sign_flip_test, wilson_interval
 from nbs_lib.report.verdicts import tally, verdict
 
 
@@ -73,3 +73,21 @@ def test_verdict_rejects_unknown_direction_and_tally_counts():
         verdict("up", 1.0, 0.01)
     assert tally(["reproduced", "opposite", "reproduced"]) == "2 of 3 reproduced (1 opposite)"
     assert tally(["reproduced"]) == "1 of 1 reproduced"
+
+
+@pytest.mark.parametrize("a_only,b_only", [(4, 0), (5, 0), (9, 3), (20, 12)])
+def test_sign_flip_test_on_masks_is_mcnemar(a_only, b_only):
+    a = np.array([1] * a_only + [0] * b_only + [1] * 300 + [0] * 96, dtype=float)
+    b = np.array([0] * a_only + [1] * b_only + [1] * 300 + [0] * 96, dtype=float)
+    exact = stats.binomtest(a_only, a_only + b_only, 0.5).pvalue
+    assert sign_flip_test(a - b, resamples=40_000) == pytest.approx(exact, abs=0.01)
+    assert paired_bootstrap(a, b)["p"] == pytest.approx(exact, abs=0.015)
+
+
+def test_sign_flip_test_is_never_zero_and_holds_its_level():
+    assert sign_flip_test(np.ones(50), resamples=999) == pytest.approx(1 / 1000)
+    assert sign_flip_test(np.zeros(10)) == 1.0
+    rng = np.random.default_rng(3)
+    null = [sign_flip_test(rng.normal(0, 1, 20), resamples=999, seed=i) < 0.05 for i in range(300)]
+    shifted = [sign_flip_test(rng.normal(1, 1, 20), resamples=999, seed=i) < 0.05 for i in range(100)]
+    assert np.mean(null) < 0.09 and np.mean(shifted) > 0.9

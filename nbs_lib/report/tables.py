@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE2_ATTACKS, TABLE5_METHODS, table5
@@ -77,7 +78,9 @@ def radius_view(intervals: pd.DataFrame):
 
     def mean_sd(column: str, digits: int):
         mean, sd = grouped[column].mean(), grouped[column].std().fillna(0.0)
-        return [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, sd)]
+        unbroken = grouped[column].apply(lambda v: int(np.isinf(v).sum()))
+        return [f"{m:.{digits}f} ± {s:.{digits}f}" if not k else
+                f"beyond the ladder in {k} of {n} seeds" for m, s, k, n in zip(mean, sd, unbroken, grouped.size())]
 
     keys = grouped.size().index
     view = pd.DataFrame({"dataset": keys.get_level_values(0), "model": keys.get_level_values(1),

@@ -237,12 +237,18 @@ MEASURES = {
 SATURATION = 1.0  # points from 0 or 100 where a percentage counts as saturated
 HIGH_AOI = 90.0  # observation 3's premise: the standard model "already has a high AOI"
 SMALL_GAIN = 2.0  # observation 3: pre-training adds "little" AOI (points)
+SEVERE_DR_LOSS = 20.0  # observation 3: "severe" non-robustness, DR higher by this many points (as observations())
 
 
 def _scores(per_image: pd.DataFrame, dataset: str, model: str, column: str) -> np.ndarray:
-    """Images x training seeds of one model's per-image column."""
+    """Images x training seeds (in the order of all seeds of the frame) of one model's per-image column."""
     g = per_image[(per_image["dataset"] == dataset) & (per_image["model"] == model)]
-    return g.pivot(index="image", columns="seed", values=column).to_numpy(dtype=float)
+    wide = g.pivot(index="image", columns="seed", values=column)
+    seeds = sorted(set(per_image["seed"]))
+    if list(wide.columns) != seeds:
+        raise ValueError(f"{dataset}/{model} has training seeds {list(wide.columns)}, the others {seeds}: "
+                         "paired claims need every model trained with the same seeds.")
+    return wide.to_numpy(dtype=float)
 
 
 def _claim_scores(per_image, dataset, a, b, measure, max_eps):
@@ -265,10 +271,12 @@ def table1_claims(per_image: pd.DataFrame, grid, max_eps: float = CURVE_MAX) -> 
     saturates). A percentage is saturated within :data:`SATURATION` points of 0 or 100, a
     radius when both models sit at the first radius of ``grid`` (the ladder's) or at the cap.
     Observation 3 ("where the standard model already has a high AOI, pre-training adds
-    little AOI but severe non-robustness") is **not testable** when the standard model's
-    AOI is below :data:`HIGH_AOI`; otherwise its verdict is that of "full is less robust
-    than standard" by the minimal radius, provided the AOI gain is below :data:`SMALL_GAIN`
-    points (else "no clear difference").
+    little AOI but severe non-robustness") is **not testable** unless its premise holds
+    (standard AOI at least :data:`HIGH_AOI` and an AOI gain below :data:`SMALL_GAIN`
+    points, point estimates); then its verdict is that of "full is less robust than
+    standard" by the minimal radius, demoted to "no clear difference" unless the DR
+    (seed mean) rises by more than :data:`SEVERE_DR_LOSS` points, the paper-side rule of
+    :func:`observations`.
     """
     rows = []
     for dataset in dict.fromkeys(per_image["dataset"]):
@@ -281,19 +289,28 @@ def table1_claims(per_image: pd.DataFrame, grid, max_eps: float = CURVE_MAX) -> 
             rows.append({"observation": obs, "claim": claim, "dataset": dataset, "measure": MEASURES[measure],
                          "A": a, "B": b, **result})
         gain, robustness = found[(TABLE1_CLAIMS[0][1], "aoi")], found[(TABLE1_CLAIMS[1][1], "radius")]
-        if not gain["b"] >= HIGH_AOI:  # below the premise, or not measured
+        dr_loss = _mean_dr(per_image, dataset, "full") - _mean_dr(per_image, dataset, "standard")
+        premise = bool(gain["b"] >= HIGH_AOI and gain["difference"] < SMALL_GAIN)  # False when not measured
+        if not premise:
             word = "not testable"
-        elif gain["difference"] < SMALL_GAIN:
-            word = robustness["verdict"]
+        elif robustness["verdict"] == "reproduced" and not dr_loss > SEVERE_DR_LOSS:
+            word = "no clear difference"  # less robust, but not severely so
         else:
-            word = "no clear difference"
+            word = robustness["verdict"]
         rows.append({"observation": "3", "claim": f"standard AOI >= {HIGH_AOI:g}: full gains < {SMALL_GAIN:g} "
-                     "points of AOI but is less robust", "dataset": dataset,
-                     "measure": "standard AOI, AOI gain, mean minimal radius",
-                     "premise": f"standard AOI {gain['b']:.1f}%, gain {gain['difference']:+.1f} points",
+                     f"points of AOI but loses > {SEVERE_DR_LOSS:g} points of DR", "dataset": dataset,
+                     "measure": "premise on AOI; mean minimal radius and DR",
+                     "premise": f"standard AOI {gain['b']:.1f}%, gain {gain['difference']:+.1f} points, "
+                                f"DR {dr_loss:+.1f} points",
                      "A": "full", "B": "standard", **{k: robustness[k] for k in robustness if k != "verdict"},
                      "verdict": word})
     return pd.DataFrame(rows)
+
+
+def _mean_dr(per_image: pd.DataFrame, dataset: str, model: str) -> float:
+    """DR under PGD-10#0.5 of one model, the mean over its training seeds."""
+    g = per_image[(per_image["dataset"] == dataset) & (per_image["model"] == model)]
+    return float(np.mean([mask_decline_ratio(s["clean"], s["robust"]) for _, s in g.groupby("seed")]))
 
 
 def claim_tally(claims: pd.DataFrame) -> pd.DataFrame:
@@ -313,16 +330,31 @@ PAPER_CHECKS = {
 }
 
 
-def what_reproduced(claims: pd.DataFrame, paper_table: pd.DataFrame) -> pd.DataFrame:
-    """Per claim and measure: how many of the paper's targets show it, and our verdicts over ours."""
+def what_reproduced(claims: pd.DataFrame, paper_table: pd.DataFrame, table2: pd.DataFrame | None = None,
+                    paper_table2: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per claim and measure: how many of the paper's targets show it, and our verdicts over ours.
+
+    With ``table2`` (:func:`table2_claims`) and the paper's Table 2, one more row per attack:
+    on how many of the paper's targets the fine-tuned model has the lower AAI.
+    """
     paper_checks = observations(paper_table)
     third = paper_checks.columns[-1]
     rows = []
     for r in claim_tally(claims).to_dict("records"):
         holds = paper_checks[PAPER_CHECKS.get(r["claim"], third)]
         rows.append({"observation": r["observation"], "claim": r["claim"], "measure": r["measure"],
-                     "paper (its Table 1)": f"{int(holds.sum())} of {len(holds)} targets",
+                     "paper": f"{int(holds.sum())} of {len(holds)} targets",
                      "this book": r["verdict over the datasets"]})
+    if table2 is not None and len(table2):
+        aai = (paper_table2.set_index(["attack", "model", "dataset"])["aai"].sort_index()
+               if paper_table2 is not None else None)
+        for r in claim_tally(table2).to_dict("records"):
+            paper = ""
+            if aai is not None and r["attack"] in aai.index.get_level_values(0):
+                lower = aai.loc[(r["attack"], "full")] < aai.loc[(r["attack"], "standard")]
+                paper = f"{int(lower.sum())} of {len(lower)} targets"
+            rows.append({"observation": "Table 2", "claim": r["claim"], "measure": f"AAI under {r['attack']} (%)",
+                         "paper": paper or "not in the paper", "this book": r["verdict over the datasets"]})
     return pd.DataFrame(rows)
 
 

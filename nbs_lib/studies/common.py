@@ -232,8 +232,11 @@ def paired_claim(a, b, expected: str, kind: str = "score", floor: float = 0.0, c
     ``nan`` marks an image left out for that seed (e.g. not classified correctly by
     both models). Each image's score is its mean over the seeds where it counts.
     ``kind="mask"`` reads the scores as 0/1 and reports percent; with one seed the test
-    is McNemar's exact test, otherwise (and for ``kind="score"``) a paired bootstrap
-    over images, each image carrying all its seeds. The claim is not testable when both
+    is McNemar's exact test, otherwise (and for ``kind="score"``) Fisher's sign-flip
+    permutation test on the per-image differences, each image carrying all its seeds
+    (:func:`nbs_lib.methods.statistics.paired_bootstrap`); the interval is a bootstrap
+    over images. Both cover the sampling of test images, not the spread between training
+    runs: the seeds enter as repeated measurements of each image. The claim is not testable when both
     sides sit at ``floor`` or both at ``ceiling`` (a saturated measure), or when fewer
     than :data:`MIN_PAIRED_IMAGES` images count (a bootstrap of a handful of images
     claims a certainty it does not have). Returns the two means, the difference with its 95% interval, the
@@ -256,7 +259,7 @@ def paired_claim(a, b, expected: str, kind: str = "score", floor: float = 0.0, c
         return {**row, "verdict": verdict(expected, float("nan"), float("nan"))}
     boot = paired_bootstrap(a_img, b_img)
     row.update(a=float(a_img.mean()), b=float(b_img.mean()), difference=boot["difference"],
-               ci_low=boot["ci_low"], ci_high=boot["ci_high"], p=boot["p"], test="paired bootstrap")
+               ci_low=boot["ci_low"], ci_high=boot["ci_high"], p=boot["p"], test="sign-flip permutation")
     if kind == "mask" and a.shape[1] == 1:
         row.update(p=mcnemar(a_img > 0, b_img > 0)["p"], test="McNemar (exact)")
     saturated = all(v <= floor for v in (row["a"], row["b"])) or all(v >= ceiling for v in (row["a"], row["b"]))
