@@ -145,3 +145,15 @@ def test_views_print_intervals_and_seed_spread():
     claims = claims_view(table1_claims(per_image, grid=(0.125, 0.25, 0.375, 0.5, 2.0))).data
     assert {"A - B [95% interval]", "p", "verdict"} <= set(claims.columns)
     assert claims["measure"].str.contains("premise|standard AOI").any()
+
+
+def test_table2_claims_count_each_attack_once():
+    import numpy as np
+    from nbs_lib.studies.ch01_robustness import table2_claims
+    rng = np.random.default_rng(0)
+    rows = [{"dataset": "d", "model": m, "seed": 0, "attack": a, "budget": "paper",
+             "robust": rng.random(100) < (0.6 if m == "standard" else 0.1)}
+            for m in ("standard", "full") for a in ("PGD-10#2.0", "AA#0.5", "AA#0.25")]
+    claims = table2_claims(pd.DataFrame(rows))
+    assert sorted(claims["attack"]) == ["AA#0.25", "AA#0.5", "PGD-10#2.0"]
+    assert (claims["verdict"] == "reproduced").all() and (claims["test"] == "McNemar (exact)").all()

@@ -363,7 +363,7 @@ def published(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=[c for c in ("clean", "robust") if c in table.columns])
 
 
-def table2_claims(table: pd.DataFrame, attacks=(*TABLE2_ATTACKS, *AA_RADII)) -> pd.DataFrame:
+def table2_claims(table: pd.DataFrame, attacks=tuple(dict.fromkeys((*TABLE2_ATTACKS, *AA_RADII)))) -> pd.DataFrame:
     """Table 2's claim, "the fine-tuned model has lower AAI than the standard one", per attack and dataset.
 
     Paired on the same images (McNemar's exact test on the robust masks of the first
@@ -373,7 +373,7 @@ def table2_claims(table: pd.DataFrame, attacks=(*TABLE2_ATTACKS, *AA_RADII)) -> 
     sub = table[(table["seed"] == first)].set_index(["dataset", "model", "attack"])
     rows = []
     for dataset in dict.fromkeys(table["dataset"]):
-        for attack in attacks:
+        for attack in dict.fromkeys(attacks):
             if (dataset, "full", attack) not in sub.index or (dataset, "standard", attack) not in sub.index:
                 continue
             full, standard = sub.loc[(dataset, "full", attack)], sub.loc[(dataset, "standard", attack)]
