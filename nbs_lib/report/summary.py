@@ -41,7 +41,7 @@ def chapter1(results_dir=None) -> str:
                         _read("01_robustness_table2_claims", results_dir)], ignore_index=True)
     profile = verdicts["profile"].iloc[0]
     lines = [f"| claim of the paper | measure | paper | this book (`{profile}`) "
-             "| A - B [95% interval] per target |", "|---|---|---|---|---|"]
+             "| A - B [interval] per target |", "|---|---|---|---|---|"]
     for v in verdicts.to_dict("records"):
         rows = claims[(claims["claim"] == v["claim"]) & _same_measure(claims, v["measure"])]
         per_target = "; ".join(f"`{r['dataset']}` {_difference(r)}: {r['verdict']}" for r in rows.to_dict("records")

@@ -91,18 +91,22 @@ def radius_view(intervals: pd.DataFrame):
 
 
 def claims_view(claims: pd.DataFrame):
-    """Paired claims as the book prints them: both sides, the difference with its interval, the test."""
-    keep = [c for c in ("observation", "claim", "attack", "dataset", "measure", "A", "B") if c in claims.columns]
+    """Paired claims as the book prints them: both sides, the difference with its interval, the verdict.
+
+    The models compared are in the claim's words; the test, the number of images and of
+    training seeds are in the caption (one of each per table in this book).
+    """
+    keep = [c for c in ("observation", "claim", "attack", "dataset", "measure") if c in claims.columns]
     view = claims[keep].copy()
     if "premise" in claims.columns:
         view["measure"] = [m if pd.isna(p) else f"{m} ({p})" for m, p in zip(view["measure"], claims["premise"])]
-    view["A value"] = claims["a"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    view["B value"] = claims["b"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    view["A"] = claims["a"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    view["B"] = claims["b"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     view["A - B [95% interval]"] = [_with_interval(r["difference"], r["ci_low"], r["ci_high"], 2)
                                     for r in claims.to_dict("records")]
-    view["p"] = claims["p"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
-    view["test"] = claims["test"]
-    view["images"] = claims["images"]
-    view["seeds"] = claims["seeds"]
+    view["p"] = claims["p"].map(lambda v: "" if pd.isna(v) else f"{v:.2g}")
     view["verdict"] = claims["verdict"]
-    return _styled(view)
+    tests = ", ".join(sorted(set(claims["test"]) - {""})) or "none"
+    caption = (f"test: {tests}; images per claim {claims['images'].min()}-{claims['images'].max()}; "
+               f"training seeds {claims['seeds'].max()}")
+    return _styled(view).set_caption(caption)
