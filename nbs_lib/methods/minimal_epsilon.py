@@ -57,6 +57,13 @@ def _broken(model, images, labels, eps, steps, norm, dev, batch_size) -> torch.T
     return torch.cat(out)
 
 
+def _clean_start(model, images, labels, dev) -> tuple[np.ndarray, torch.Tensor]:
+    """Radii before any attack (0 where the clean image is misclassified, else ``inf``) and the
+    indices of the clean-correct images, which the searches then attack."""
+    clean = correct_mask(model, images, labels, dev, progress=False)
+    return np.where(clean.numpy(), np.inf, 0.0), clean.nonzero().flatten()
+
+
 def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid, steps: int = 10,
                     norm: str = "Linf", device="auto", batch_size: int = 128,
                     progress: bool = True) -> np.ndarray:
@@ -67,11 +74,8 @@ def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     ``inf`` for images no radius of the grid breaks.
     """
     radii = _check_grid(grid)
-    ball = threat_model(norm)
-    dev = resolve_device(device)
-    clean = correct_mask(model, images, labels, dev, progress=False)
-    result = np.where(clean.numpy(), np.inf, 0.0)
-    alive = clean.nonzero().flatten()
+    ball, dev = threat_model(norm), resolve_device(device)
+    result, alive = _clean_start(model, images, labels, dev)
     with frozen_eval(model, dev):
         for radius in tqdm(radii, desc=f"minimal eps ({norm})", leave=False, disable=not progress):
             if len(alive) == 0:
@@ -95,11 +99,8 @@ def minimal_epsilon_bisection(model: nn.Module, images: torch.Tensor, labels: to
     """
     if not np.isfinite(high) or high <= 0:
         raise ValueError(f"high must be a positive radius; got {high!r}")
-    ball = threat_model(norm)
-    dev = resolve_device(device)
-    clean = correct_mask(model, images, labels, dev, progress=False)
-    result = np.where(clean.numpy(), np.inf, 0.0)
-    idx = clean.nonzero().flatten()
+    ball, dev = threat_model(norm), resolve_device(device)
+    result, idx = _clean_start(model, images, labels, dev)
     with frozen_eval(model, dev):
         if len(idx):
             at_high = _broken(model, images[idx], labels[idx], ball.pixels(high), steps, norm, dev, batch_size)
