@@ -18,7 +18,7 @@ def test_capacity_reuses_the_first_backbones_learning_rates(tmp_path):
     assert frame.backbone.tolist() == ["efficientnet_lite0", "efficientnet_lite1"]
     assert frame.size_mb.is_monotonic_increasing and frame.lr_g.nunique() == 1
     table = table3_layout(frame)
-    assert list(table.index) == ["size_mb", "aoi", "aai", "dr"] and table.shape[1] == 2
+    assert list(table.index) == ["size_mb", "aoi", "aai", "dr", "median_eps", "area"] and table.shape[1] == 2
 
 
 @pytest.mark.slow
