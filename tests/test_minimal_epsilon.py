@@ -7,7 +7,7 @@ from torch import nn
 
 from nbs_lib.methods.attacks import pgd
 from nbs_lib.methods.minimal_epsilon import (curve_area, median_minimal_epsilon, minimal_epsilon,
-                                             minimal_epsilon_bisection, robust_curve)
+                                             minimal_epsilon_bisection, refine_floor, robust_curve)
 
 
 def _linear_case(seed=0, n=40):
@@ -43,6 +43,23 @@ def test_linf_ladder_and_bisection_match_the_closed_form():
     np.testing.assert_allclose(ladder, expected)
     bisect = minimal_epsilon_bisection(model, images, labels, high=8.0, iterations=12, device="cpu")
     assert np.all(bisect >= exact - 1e-3) and np.all(bisect <= exact + 8.0 / 2**12 + 1e-3)
+
+
+def test_refine_floor_sharpens_only_the_images_censored_at_the_first_rung():
+    model, images, labels = _linear_case()
+    exact = 255 * _closed_form(model, images, labels, dual_norm=1)
+    floor = float(np.quantile(exact, 0.5))  # half the images break below the first rung
+    labels[0] = 1 - labels[0]  # one clean-misclassified image: radius 0, never bisected
+    grid = [floor, 2 * floor, 8.0]
+    ladder = minimal_epsilon(model, images, labels, grid, progress=False, device="cpu")
+    censored = ladder == floor
+    assert ladder[0] == 0 and censored.sum() >= 15
+    refined = refine_floor(model, images, labels, ladder, floor, iterations=6, device="cpu")
+    np.testing.assert_array_equal(refined[~censored], ladder[~censored])
+    assert np.all(refined[censored] <= floor)
+    assert np.all(np.abs(refined[censored] - exact[censored]) <= floor / 2**6 + 1e-3)
+    assert len(np.unique(refined[censored])) > 5, "the refined radii must no longer share one value"
+    np.testing.assert_array_equal(refine_floor(model, images, labels, ladder, floor, iterations=0), ladder)
 
 
 def test_l2_minimal_radius_matches_the_closed_form():

@@ -98,7 +98,7 @@ def _constructed_per_image(n=200, seeds=(0, 1, 2)):
 
 def test_table1_claims_follow_the_rules_on_constructed_results():
     from nbs_lib.studies.ch01_robustness import claim_tally, table1_claims
-    claims = table1_claims(_constructed_per_image(), grid=(0.125, 0.25, 0.375, 0.5, 2.0))
+    claims = table1_claims(_constructed_per_image(), floor=0.125)
     get = lambda claim, measure: claims[(claims["claim"] == claim)  # noqa: E731
                                         & claims["measure"].str.startswith(measure)].iloc[0]
     less_robust = get("full is less robust than standard", "mean minimal radius")
@@ -120,14 +120,14 @@ def test_observation_three_is_not_testable_below_its_premise():
     standard = per_image["model"] == "standard"
     per_image.loc[standard & (per_image["image"] < 60), ["clean", "robust"]] = False
     per_image.loc[standard & (per_image["image"] < 60), "min_eps"] = 0.0
-    claims = table1_claims(per_image, grid=(0.125, 0.25, 0.375, 0.5, 2.0))
+    claims = table1_claims(per_image, floor=0.125)
     assert claims[claims["observation"] == "3"].iloc[0]["verdict"] == "not testable"
     # a large AOI gain also breaks the premise ("pre-training adds little AOI")
     gained = _constructed_per_image()
     low = (gained["model"] == "standard") & (gained["image"] < 8)  # standard about 91%, gain about 5
     gained.loc[low, ["clean", "robust"]] = False
     gained.loc[low, "min_eps"] = 0.0
-    third = table1_claims(gained, grid=(0.125, 0.25, 0.375, 0.5, 2.0)).query("observation == '3'").iloc[0]
+    third = table1_claims(gained, floor=0.125).query("observation == '3'").iloc[0]
     assert third["verdict"] == "not testable", third["premise"]
 
 
@@ -142,7 +142,7 @@ def test_views_print_intervals_and_seed_spread():
     table = intervals.assign(attack="PGD-10#0.5")
     view = interval_view(table).data
     assert view["AOI [95% interval]"].str.match(r"^\d+\.\d \[\d+\.\d, \d+\.\d\]$").all()
-    claims = claims_view(table1_claims(per_image, grid=(0.125, 0.25, 0.375, 0.5, 2.0))).data
+    claims = claims_view(table1_claims(per_image, floor=0.125)).data
     assert {"A - B [95% interval]", "p", "verdict"} <= set(claims.columns)
     assert claims["measure"].str.contains("premise|standard AOI").any()
 
@@ -157,3 +157,13 @@ def test_table2_claims_count_each_attack_once():
     claims = table2_claims(pd.DataFrame(rows))
     assert sorted(claims["attack"]) == ["AA#0.25", "AA#0.5", "PGD-10#2.0"]
     assert (claims["verdict"] == "reproduced").all() and (claims["test"] == "McNemar (exact)").all()
+
+
+def test_curve_radii_reach_below_the_first_rung_to_the_bisections_resolution():
+    from nbs_lib.core.profiles import get_profile
+    from nbs_lib.studies.common import curve_radii, radius_floor
+    prof = get_profile("mini", {"radius_grid": (0.125, 0.25, 2.0), "radius_floor_iterations": 3})
+    assert radius_floor(prof) == 0.125 / 8
+    assert curve_radii(prof) == (0.0, *(0.125 * i / 8 for i in range(1, 8)), 0.125, 0.25, 2.0)
+    flat = prof.replace(radius_floor_iterations=0)
+    assert radius_floor(flat) == 0.125 and curve_radii(flat) == (0.0, 0.125, 0.25, 2.0)

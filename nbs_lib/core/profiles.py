@@ -53,6 +53,8 @@ class Profile:
     train_seeds: tuple = (0,)  # training seeds of the decisive contrasts (chapter 1's three models)
     # L-inf radii (1/255) of the minimal-radius ladder: 0.125 apart up to 2, then wider up to 16
     radius_grid: tuple = tuple(r / 8 for r in range(1, 17)) + (2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+    # bisections below the ladder's first rung for the images it breaks there (3: to 1/64 of 1/255)
+    radius_floor_iterations: int = 3
 
     def replace(self, **overrides) -> "Profile":
         """A copy with some fields changed; an unknown field or a value of the wrong type is an error.
@@ -69,7 +71,7 @@ class Profile:
         return dataclasses.replace(self, **checked)
 
 
-_NON_NEGATIVE = ("min_steps", "num_workers")
+_NON_NEGATIVE = ("min_steps", "num_workers", "radius_floor_iterations")
 
 
 def _checked(name: str, value, current):
@@ -116,6 +118,7 @@ PROFILES: dict[str, Profile] = {
         robustify_steps=3,
         source_image_size=16,
         radius_grid=(0.5, 2.0, 16.0),
+        radius_floor_iterations=1,
     ),
     "mini": Profile(
         name="mini",

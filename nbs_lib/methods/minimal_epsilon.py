@@ -18,8 +18,9 @@ Two searches give the minimal radius under the paper's PGD (step ``1.25 * eps / 
 no random start): a **ladder** (:func:`minimal_epsilon`) runs PGD at each radius of a grid
 on the images not broken yet (per-image early stopping, so an image's radius is the first
 grid radius that breaks it), and a **bisection** (:func:`minimal_epsilon_bisection`) halves
-a per-image interval. Radii are in the paper's units: 1/255 for L-inf, the L2 radius on
-the [0, 1] scale for L2. A clean-misclassified image has radius 0; an image no radius of
+a per-image interval; :func:`refine_floor` bisects below a ladder's first rung, where the
+ladder alone would censor the most fragile images. Radii are in the paper's units: 1/255
+for L-inf, the L2 radius on the [0, 1] scale for L2. A clean-misclassified image has radius 0; an image no radius of
 the search breaks has ``inf``.
 """
 
@@ -97,24 +98,56 @@ def minimal_epsilon_bisection(model: nn.Module, images: torch.Tensor, labels: to
     attack starts to succeed. 0 for clean-misclassified images, ``inf`` where PGD at
     ``high`` does not break the image.
     """
-    if not np.isfinite(high) or high <= 0:
-        raise ValueError(f"high must be a positive radius; got {high!r}")
+    _check_high(high)
     ball, dev = threat_model(norm), resolve_device(device)
     result, idx = _clean_start(model, images, labels, dev)
     with frozen_eval(model, dev):
         if len(idx):
             at_high = _broken(model, images[idx], labels[idx], ball.pixels(high), steps, norm, dev, batch_size)
             idx = idx[at_high]
-        lo = torch.zeros(len(idx), dtype=torch.float64)
-        hi = torch.full((len(idx),), float(high), dtype=torch.float64)
-        for _ in range(iterations if len(idx) else 0):
-            mid = (lo + hi) / 2
-            broken = _broken(model, images[idx], labels[idx], ball.pixels(mid).float(), steps, norm, dev,
-                             batch_size)
-            hi = torch.where(broken, mid, hi)
-            lo = torch.where(broken, lo, mid)
-    result[idx.numpy()] = hi.numpy()
+        result[idx.numpy()] = _bisect(model, images[idx], labels[idx], high, iterations, steps, norm, dev,
+                                      batch_size)
     return result
+
+
+def refine_floor(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, radii, floor: float,
+                 iterations: int = 3, steps: int = 10, norm: str = "Linf", device="auto",
+                 batch_size: int = 128) -> np.ndarray:
+    """Sharpen the radii a ladder censored at its first rung ``floor``, by bisection on ``(0, floor]``.
+
+    A ladder cannot tell apart images that break at any radius up to its first rung, so a
+    model whose images mostly break there would show the rung itself as its median radius
+    (the saturation this measure exists to avoid). Those images are known to break at
+    ``floor``; ``iterations`` halvings place each within ``floor / 2**iterations``. The
+    other radii are returned unchanged.
+    """
+    _check_high(floor)
+    radii = np.array(radii, dtype=float)
+    idx = torch.as_tensor(np.flatnonzero(radii == floor), dtype=torch.long)
+    if len(idx) and iterations > 0:
+        dev = resolve_device(device)
+        with frozen_eval(model, dev):
+            radii[idx.numpy()] = _bisect(model, images[idx], labels[idx], floor, iterations, steps, norm, dev,
+                                         batch_size)
+    return radii
+
+
+def _check_high(high) -> None:
+    if not np.isfinite(high) or high <= 0:
+        raise ValueError(f"high must be a positive radius; got {high!r}")
+
+
+def _bisect(model, images, labels, high, iterations, steps, norm, dev, batch_size) -> np.ndarray:
+    """Bisection on ``(0, high]`` for images known to break at ``high``: the smallest radius found."""
+    ball = threat_model(norm)
+    lo = torch.zeros(len(images), dtype=torch.float64)
+    hi = torch.full((len(images),), float(high), dtype=torch.float64)
+    for _ in range(iterations if len(images) else 0):
+        mid = (lo + hi) / 2
+        broken = _broken(model, images, labels, ball.pixels(mid).float(), steps, norm, dev, batch_size)
+        hi = torch.where(broken, mid, hi)
+        lo = torch.where(broken, lo, mid)
+    return hi.numpy()
 
 
 def robust_curve(min_eps, radii) -> np.ndarray:

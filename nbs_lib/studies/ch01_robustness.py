@@ -151,7 +151,9 @@ def per_image_results(models_by_seed: dict, profile: str | Profile, seed: int = 
                       cache: RunCache | None = None, progress: bool = True) -> pd.DataFrame:
     """One row per model x test image: ``clean`` and ``robust`` (under PGD-10#0.5) and ``min_eps`` (1/255).
 
-    The minimal radius is the first of ``profile.radius_grid`` at which PGD-10 breaks the image.
+    The minimal radius is the first of ``profile.radius_grid`` at which PGD-10 breaks the image,
+    bisected ``profile.radius_floor_iterations`` times below the first rung for the images
+    that break there.
     Columns ``dataset, model, seed, image, clean, robust, min_eps``; ``image`` indexes the
     attack sample (the same images for every model and training seed of a dataset).
     """
@@ -165,7 +167,7 @@ def per_image_results(models_by_seed: dict, profile: str | Profile, seed: int = 
         row = evaluate_cached(tm, images, labels, [TABLE1_ATTACK], sample, device, cache, False, profile,
                               masks=True)[0]
         radii = minimal_epsilon_cached(tm, images, labels, profile.radius_grid, sample, device, cache,
-                                       progress=False)
+                                       progress=False, floor_iterations=profile.radius_floor_iterations)
         frames.append(pd.DataFrame({"dataset": dataset, "model": regime, "seed": train_seed,
                                     "image": np.arange(len(labels)), "clean": row["clean"],
                                     "robust": row["robust"], "min_eps": radii}))
@@ -210,9 +212,8 @@ def seed_summary(intervals: pd.DataFrame, values=("aoi", "aai", "dr", "median_ep
     return out.reset_index()
 
 
-def robust_curves(per_image: pd.DataFrame, grid) -> pd.DataFrame:
-    """Robust accuracy at 0 and every radius of ``grid``, per dataset x model x seed (from the minimal radii)."""
-    radii = (0.0, *grid)
+def robust_curves(per_image: pd.DataFrame, radii) -> pd.DataFrame:
+    """Robust accuracy at every radius of ``radii`` (e.g. :func:`curve_radii`), per dataset x model x seed."""
     rows = []
     for (dataset, model, seed), g in per_image.groupby(["dataset", "model", "seed"], sort=False):
         for r, acc in zip(radii, robust_curve(g["min_eps"], radii)):
@@ -262,14 +263,15 @@ def _claim_scores(per_image, dataset, a, b, measure, max_eps):
     return np.where(both, sa, np.nan), np.where(both, sb, np.nan), "mask" if measure == "robust" else "score"
 
 
-def table1_claims(per_image: pd.DataFrame, grid, max_eps: float = CURVE_MAX) -> pd.DataFrame:
+def table1_claims(per_image: pd.DataFrame, floor: float, max_eps: float = CURVE_MAX) -> pd.DataFrame:
     """The paper's Table 1 observations as paired claims per dataset, each with its verdict.
 
     Robustness is compared on the images both models classify correctly (what DR's
     division by AOI intends), by two measures: the mean minimal radius capped at
     ``max_eps`` (does not saturate) and the share robust at 0.5/255 (Table 1's radius,
     saturates). A percentage is saturated within :data:`SATURATION` points of 0 or 100, a
-    radius when both models sit at the first radius of ``grid`` (the ladder's) or at the cap.
+    radius when both models sit at ``floor`` (the smallest radius the search resolves,
+    :func:`radius_floor`) or at the cap.
     Observation 3 ("where the standard model already has a high AOI, pre-training adds
     little AOI but severe non-robustness") is **not testable** unless its premise holds
     (standard AOI at least :data:`HIGH_AOI` and an AOI gain below :data:`SMALL_GAIN`
@@ -283,8 +285,8 @@ def table1_claims(per_image: pd.DataFrame, grid, max_eps: float = CURVE_MAX) -> 
         found = {}
         for obs, claim, a, b, expected, measure in TABLE1_CLAIMS:
             sa, sb, kind = _claim_scores(per_image, dataset, a, b, measure, max_eps)
-            floor, ceiling = (SATURATION, 100 - SATURATION) if kind == "mask" else (grid[0], max_eps)
-            result = paired_claim(sa, sb, expected, kind, floor, ceiling)
+            low, high = (SATURATION, 100 - SATURATION) if kind == "mask" else (floor, max_eps)
+            result = paired_claim(sa, sb, expected, kind, low, high)
             found[(claim, measure)] = result
             rows.append({"observation": obs, "claim": claim, "dataset": dataset, "measure": MEASURES[measure],
                          "A": a, "B": b, **result})

@@ -14,7 +14,7 @@ from nbs_lib.data.images import balanced_indices
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.attacks import parse_attack
 from nbs_lib.methods.evaluate import decline_ratio, robustness_masks
-from nbs_lib.methods.minimal_epsilon import curve_area, median_minimal_epsilon, minimal_epsilon
+from nbs_lib.methods.minimal_epsilon import curve_area, median_minimal_epsilon, minimal_epsilon, refine_floor
 from nbs_lib.methods.statistics import bootstrap_interval, mcnemar, paired_bootstrap
 from nbs_lib.methods.train.config import REGIMES
 from nbs_lib.methods.train.recipes import TrainedModel, train_model
@@ -122,22 +122,55 @@ def bits_mask(bits: str) -> np.ndarray:
 
 def minimal_epsilon_cached(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor, grid,
                            sample: dict, device="auto", cache: RunCache | None = None, steps: int = 10,
-                           norm: str = "Linf", progress: bool = True) -> np.ndarray:
-    """Per-image minimal radius of :func:`~nbs_lib.methods.minimal_epsilon.minimal_epsilon`, cached."""
+                           norm: str = "Linf", progress: bool = True, floor_iterations: int = 0) -> np.ndarray:
+    """Per-image minimal radius of :func:`~nbs_lib.methods.minimal_epsilon.minimal_epsilon`, cached.
+
+    With ``floor_iterations`` > 0 the images the ladder breaks at its first rung are then
+    bisected below it (:func:`~nbs_lib.methods.minimal_epsilon.refine_floor`), cached on
+    its own so that the ladder is never recomputed for it.
+    """
     cache = cache or RunCache()
     grid = [float(r) for r in grid]
     config = {"kind": "minimal_epsilon", "model": trained.config, "grid": grid, "steps": steps,
               "norm": norm, "sample": sample}
 
-    def compute():
+    def ladder():
         radii = minimal_epsilon(trained.model, images, labels, grid, steps, norm, device, progress=progress)
-        return [None if np.isinf(r) else float(r) for r in radii]
+        return _radii_to_json(radii)
 
-    stored = cache.memo("minimal_epsilon", config, compute, code_version=MIN_EPS_CODE_VERSION)
+    radii = _radii_from_json(cache.memo("minimal_epsilon", config, ladder, code_version=MIN_EPS_CODE_VERSION))
+    if floor_iterations <= 0:
+        return radii
+
+    def floor():
+        return _radii_to_json(refine_floor(trained.model, images, labels, radii, min(grid), floor_iterations,
+                                           steps, norm, device))
+
+    floor_config = {**config, "kind": "minimal_epsilon_floor", "iterations": int(floor_iterations)}
+    return _radii_from_json(cache.memo("minimal_epsilon", floor_config, floor, code_version=MIN_EPS_CODE_VERSION))
+
+
+def _radii_to_json(radii) -> list:
+    return [None if np.isinf(r) else float(r) for r in radii]
+
+
+def _radii_from_json(stored) -> np.ndarray:
     return np.array([np.inf if r is None else r for r in stored], dtype=float)
 
 
 RADIUS_AREA_MAX = 2.0  # robust-curve areas are taken over [0, 2/255] throughout the book
+
+
+def radius_floor(profile: Profile) -> float:
+    """The smallest minimal radius the search resolves: the ladder's first rung, halved by each bisection."""
+    return min(profile.radius_grid) / 2 ** max(profile.radius_floor_iterations, 0)
+
+
+def curve_radii(profile: Profile) -> tuple:
+    """Radii (1/255) of a robust-accuracy curve: 0, the bisection's steps below the first rung, the ladder."""
+    floor, first = radius_floor(profile), min(profile.radius_grid)
+    below = tuple(floor * i for i in range(1, round(first / floor)))
+    return (0.0, *below, *sorted(profile.radius_grid))
 
 
 def radius_summary(trained: TrainedModel, dataset: str, profile: Profile, seed: int = 0, device="auto",
@@ -147,11 +180,12 @@ def radius_summary(trained: TrainedModel, dataset: str, profile: Profile, seed: 
     ``median_eps``: median minimal radius of the clean-correct images (1/255); ``area``: area
     under the robust-accuracy curve on [0, :data:`RADIUS_AREA_MAX`/255] in percent, with a
     bootstrap interval over images (``area_ci_low``, ``area_ci_high``). The ladder is
-    ``profile.radius_grid`` (:func:`minimal_epsilon_cached`).
+    ``profile.radius_grid``, bisected ``profile.radius_floor_iterations`` times below its
+    first rung (:func:`minimal_epsilon_cached`).
     """
     images, labels, _ = attack_sample(dataset, profile, seed)
     radii = minimal_epsilon_cached(trained, images, labels, profile.radius_grid, sample_id(dataset, images, labels),
-                                   device, cache, progress=False)
+                                   device, cache, progress=False, floor_iterations=profile.radius_floor_iterations)
     low, high = bootstrap_interval(lambda m: curve_area(m, RADIUS_AREA_MAX), radii)
     return {"median_eps": median_minimal_epsilon(radii), "area": curve_area(radii, RADIUS_AREA_MAX),
             "area_ci_low": low, "area_ci_high": high}
