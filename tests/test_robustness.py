@@ -133,7 +133,8 @@ def test_observation_three_is_not_testable_below_its_premise():
 
 def test_views_print_intervals_and_seed_spread():
     from nbs_lib.report.tables import claims_view, interval_view, radius_view
-    from nbs_lib.studies.ch01_robustness import interval_table, table1_claims
+    from nbs_lib.studies.ch01_robustness import table1_claims
+    from nbs_lib.studies.common import interval_table
     per_image = _constructed_per_image()
     intervals = interval_table(per_image)
     assert set(intervals["seed"]) == {0, 1, 2} and (intervals["aoi_ci_low"] <= intervals["aoi"]).all()

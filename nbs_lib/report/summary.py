@@ -57,8 +57,42 @@ def _same_measure(claims: pd.DataFrame, measure: str) -> pd.Series:
     return (claims["measure"] == measure) | (by_attack == measure)
 
 
+def chapter4(results_dir=None) -> str:
+    """Chapter 4's correlations of DR and the radius measures with the MMD, each with its verdict."""
+    claims = _read("04_mmd_vs_dr_claims", results_dir)
+    profile = claims["profile"].iloc[0]
+    lines = [f"| models | robustness measure | paper | Spearman with the MMD [interval], p (`{profile}`) "
+             "| targets | verdict |", "|---|---|---|---|---|---|"]
+    for r in claims.to_dict("records"):
+        paper = {"positive": "DR rises with the MMD", "negative": "robustness falls with the MMD"}[r["expected"]]
+        if r["model"] != "full":
+            paper = "not in the paper (a control)"
+        lines.append(f"| {r['model']} | {r['measure']} | {paper} | {r['spearman']:.3g} [{r['ci_low']:.3g}, "
+                     f"{r['ci_high']:.3g}], p {r['p']:.3g} | {r['targets']} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+def chapter5(results_dir=None) -> str:
+    """Chapter 5's verdicts on Tables 3 and 4, with each pair's paired difference per target."""
+    verdicts = _read("05_capacity_difficulty_verdicts", results_dir)
+    claims = _read("05_capacity_difficulty_claims", results_dir)
+    profile = verdicts["profile"].iloc[0]
+    lines = [f"| table | claim of the paper | measure | paper | this book (`{profile}`) "
+             "| A - B [interval] per target |", "|---|---|---|---|---|---|"]
+    for v in verdicts.to_dict("records"):
+        rows = claims[(claims["table"] == v["table"]) & (claims["measure"] == v["measure"])
+                      & claims["relation"].map(lambda relation: f" {relation} " in f" {v['claim']} ")]
+        per_target = "; ".join(f"`{r['dataset']}` {r['A']}: {_difference(r)}, {r['verdict']}"
+                               for r in rows.to_dict("records") if pd.notna(r["difference"]))
+        lines.append(f"| {v['table']} | {v['claim']} | {v['measure']} | {v['paper']} | {v['this book']} "
+                     f"| {per_target} |")
+    return "\n".join(lines)
+
+
 SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "
-                             "01_robustness_table2_claims.csv")}
+                             "01_robustness_table2_claims.csv"),
+            "04": (chapter4, "04_mmd_vs_dr_claims.csv"),
+            "05": (chapter5, "05_capacity_difficulty_verdicts.csv, 05_capacity_difficulty_claims.csv")}
 
 
 def generated(text: str, name: str) -> str | None:

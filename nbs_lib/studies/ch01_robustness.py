@@ -18,13 +18,13 @@ from tqdm.auto import tqdm
 
 from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache
-from nbs_lib.methods.evaluate import decline_ratio, mask_decline_ratio
-from nbs_lib.methods.minimal_epsilon import curve_area, median_minimal_epsilon, robust_curve
+from nbs_lib.methods.evaluate import mask_decline_ratio
+from nbs_lib.methods.minimal_epsilon import robust_curve
 from nbs_lib.methods.statistics import bootstrap_interval, wilson_interval
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE2_ATTACKS
 from nbs_lib.report.verdicts import tally
-from nbs_lib.studies.common import (RADIUS_AREA_MAX, attack_sample, evaluate_cached, minimal_epsilon_cached,
-                                    paired_claim, robustness_study, sample_id)
+from nbs_lib.studies.common import (MEASURES, RADIUS_AREA_MAX, SATURATION, attack_sample, ci_columns,
+                                    claim_scores, evaluate_cached, paired_claim, robustness_study, sample_id)
 
 
 def observations(table: pd.DataFrame, attack: str = TABLE1_ATTACK) -> pd.DataFrame:
@@ -109,7 +109,6 @@ def attack_sanity(models: dict, table: pd.DataFrame, profile: str | Profile, see
 # several training seeds, per-image results, intervals and claims (non-saturating)
 # ----------------------------------------------------------------------------------
 
-CURVE_MAX = RADIUS_AREA_MAX  # the robust-accuracy curve's area is taken over [0, 2/255]
 AA_RADII = ("AA#0.25", "AA#0.5", "AA#1.0")  # AutoAttack on the same images at three radii
 
 
@@ -141,75 +140,10 @@ def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for row in table.to_dict("records"):
         clean, robust = np.asarray(row["clean"]), np.asarray(row["robust"])
-        rows.append({**row, **_ci("aoi", wilson_interval(int(clean.sum()), len(clean))),
-                     **_ci("aai", wilson_interval(int(robust.sum()), len(robust))),
-                     **_ci("dr", bootstrap_interval(mask_decline_ratio, clean, robust))})
+        rows.append({**row, **ci_columns("aoi", wilson_interval(int(clean.sum()), len(clean))),
+                     **ci_columns("aai", wilson_interval(int(robust.sum()), len(robust))),
+                     **ci_columns("dr", bootstrap_interval(mask_decline_ratio, clean, robust))})
     return pd.DataFrame(rows)
-
-
-def per_image_results(models_by_seed: dict, profile: str | Profile, seed: int = 0, device="auto",
-                      cache: RunCache | None = None, progress: bool = True) -> pd.DataFrame:
-    """One row per model x test image: ``clean`` and ``robust`` (under PGD-10#0.5) and ``min_eps`` (1/255).
-
-    The minimal radius is the first of ``profile.radius_grid`` at which PGD-10 breaks the image,
-    bisected ``profile.radius_floor_iterations`` times below the first rung for the images
-    that break there.
-    Columns ``dataset, model, seed, image, clean, robust, min_eps``; ``image`` indexes the
-    attack sample (the same images for every model and training seed of a dataset).
-    """
-    profile = get_profile(profile)
-    cache = cache or RunCache()
-    frames = []
-    jobs = [(ts, key, tm) for ts, models in models_by_seed.items() for key, tm in models.items()]
-    for train_seed, (dataset, regime), tm in tqdm(jobs, desc="minimal radii", disable=not progress):
-        images, labels, _ = attack_sample(dataset, profile, seed)
-        sample = sample_id(dataset, images, labels)
-        row = evaluate_cached(tm, images, labels, [TABLE1_ATTACK], sample, device, cache, False, profile,
-                              masks=True)[0]
-        radii = minimal_epsilon_cached(tm, images, labels, profile.radius_grid, sample, device, cache,
-                                       progress=False, floor_iterations=profile.radius_floor_iterations)
-        frames.append(pd.DataFrame({"dataset": dataset, "model": regime, "seed": train_seed,
-                                    "image": np.arange(len(labels)), "clean": row["clean"],
-                                    "robust": row["robust"], "min_eps": radii}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def interval_table(per_image: pd.DataFrame, max_eps: float = CURVE_MAX) -> pd.DataFrame:
-    """Per dataset x model x seed: AOI, AAI (PGD-10#0.5) and DR with 95% intervals, and the radius scalars.
-
-    AOI and AAI get Wilson intervals, DR and the curve area a bootstrap over images;
-    ``median_eps`` is the median minimal radius of the clean-correct images (1/255) and
-    ``area`` the area under the robust-accuracy curve on ``[0, max_eps]`` (percent).
-    """
-    rows = []
-    for (dataset, model, seed), g in per_image.groupby(["dataset", "model", "seed"], sort=False):
-        clean, robust, radii = g["clean"].to_numpy(), g["robust"].to_numpy(), g["min_eps"].to_numpy()
-        n = len(g)
-        aoi, aai = 100.0 * clean.mean(), 100.0 * robust.mean()
-        rows.append({
-            "dataset": dataset, "model": model, "seed": seed, "n": n,
-            "aoi": aoi, **_ci("aoi", wilson_interval(int(clean.sum()), n)),
-            "aai": aai, **_ci("aai", wilson_interval(int(robust.sum()), n)),
-            "dr": decline_ratio(aoi, aai),
-            **_ci("dr", bootstrap_interval(mask_decline_ratio, clean, robust)),
-            "median_eps": median_minimal_epsilon(radii),
-            "area": curve_area(radii, max_eps),
-            **_ci("area", bootstrap_interval(lambda m: curve_area(m, max_eps), radii)),
-        })
-    return pd.DataFrame(rows)
-
-
-def _ci(name: str, interval: tuple[float, float]) -> dict:
-    return {f"{name}_ci_low": interval[0], f"{name}_ci_high": interval[1]}
-
-
-def seed_summary(intervals: pd.DataFrame, values=("aoi", "aai", "dr", "median_eps", "area")) -> pd.DataFrame:
-    """Mean and spread (standard deviation) over training seeds, per dataset and model."""
-    grouped = intervals.groupby(["dataset", "model"], sort=False)
-    out = grouped[list(values)].agg(["mean", "std"])
-    out.columns = [f"{v} {stat}" for v, stat in out.columns]
-    out.insert(0, "seeds", grouped.size())
-    return out.reset_index()
 
 
 def robust_curves(per_image: pd.DataFrame, radii) -> pd.DataFrame:
@@ -230,40 +164,12 @@ TABLE1_CLAIMS = (
     ("2", "full is more robust than partial", "full", "partial", "higher", "radius"),
     ("2", "full is more robust than partial", "full", "partial", "higher", "robust"),
 )
-MEASURES = {
-    "aoi": "AOI (%)",
-    "radius": "mean minimal radius, both correct (1/255, capped at 2)",
-    "robust": "robust at 0.5/255, both correct (%)",
-}
-SATURATION = 1.0  # points from 0 or 100 where a percentage counts as saturated
 HIGH_AOI = 90.0  # observation 3's premise: the standard model "already has a high AOI"
 SMALL_GAIN = 2.0  # observation 3: pre-training adds "little" AOI (points)
 SEVERE_DR_LOSS = 20.0  # observation 3: "severe" non-robustness, DR higher by this many points (as observations())
 
 
-def _scores(per_image: pd.DataFrame, dataset: str, model: str, column: str) -> np.ndarray:
-    """Images x training seeds (in the order of all seeds of the frame) of one model's per-image column."""
-    g = per_image[(per_image["dataset"] == dataset) & (per_image["model"] == model)]
-    wide = g.pivot(index="image", columns="seed", values=column)
-    seeds = sorted(set(per_image["seed"]))
-    if list(wide.columns) != seeds:
-        raise ValueError(f"{dataset}/{model} has training seeds {list(wide.columns)}, the others {seeds}: "
-                         "paired claims need every model trained with the same seeds.")
-    return wide.to_numpy(dtype=float)
-
-
-def _claim_scores(per_image, dataset, a, b, measure, max_eps):
-    if measure == "aoi":
-        return _scores(per_image, dataset, a, "clean"), _scores(per_image, dataset, b, "clean"), "mask"
-    both = (_scores(per_image, dataset, a, "clean") > 0) & (_scores(per_image, dataset, b, "clean") > 0)
-    column = "min_eps" if measure == "radius" else "robust"
-    sa, sb = _scores(per_image, dataset, a, column), _scores(per_image, dataset, b, column)
-    if measure == "radius":
-        sa, sb = np.minimum(sa, max_eps), np.minimum(sb, max_eps)
-    return np.where(both, sa, np.nan), np.where(both, sb, np.nan), "mask" if measure == "robust" else "score"
-
-
-def table1_claims(per_image: pd.DataFrame, floor: float, max_eps: float = CURVE_MAX) -> pd.DataFrame:
+def table1_claims(per_image: pd.DataFrame, floor: float, max_eps: float = RADIUS_AREA_MAX) -> pd.DataFrame:
     """The paper's Table 1 observations as paired claims per dataset, each with its verdict.
 
     Robustness is compared on the images both models classify correctly (what DR's
@@ -284,7 +190,7 @@ def table1_claims(per_image: pd.DataFrame, floor: float, max_eps: float = CURVE_
     for dataset in dict.fromkeys(per_image["dataset"]):
         found = {}
         for obs, claim, a, b, expected, measure in TABLE1_CLAIMS:
-            sa, sb, kind = _claim_scores(per_image, dataset, a, b, measure, max_eps)
+            sa, sb, kind = claim_scores(per_image, dataset, a, b, measure, max_eps)
             low, high = (SATURATION, 100 - SATURATION) if kind == "mask" else (floor, max_eps)
             result = paired_claim(sa, sb, expected, kind, low, high)
             found[(claim, measure)] = result

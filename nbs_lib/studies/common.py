@@ -13,9 +13,9 @@ from nbs_lib.core.runs import RunCache, content_hash
 from nbs_lib.data.images import balanced_indices
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.attacks import parse_attack
-from nbs_lib.methods.evaluate import decline_ratio, robustness_masks
+from nbs_lib.methods.evaluate import decline_ratio, mask_decline_ratio, robustness_masks
 from nbs_lib.methods.minimal_epsilon import curve_area, median_minimal_epsilon, minimal_epsilon, refine_floor
-from nbs_lib.methods.statistics import bootstrap_interval, mcnemar, paired_bootstrap
+from nbs_lib.methods.statistics import bootstrap_interval, mcnemar, paired_bootstrap, wilson_interval
 from nbs_lib.methods.train.config import REGIMES
 from nbs_lib.methods.train.recipes import TrainedModel, train_model
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE2_ATTACKS
@@ -298,3 +298,104 @@ def paired_claim(a, b, expected: str, kind: str = "score", floor: float = 0.0, c
         row.update(p=mcnemar(a_img > 0, b_img > 0)["p"], test="McNemar (exact)")
     saturated = all(v <= floor for v in (row["a"], row["b"])) or all(v >= ceiling for v in (row["a"], row["b"]))
     return {**row, "verdict": verdict(expected, row["difference"], row["p"], testable=not saturated)}
+
+
+# ----------------------------------------------------------------------------------
+# per-image results of several models and seeds, their intervals and paired claims
+# ----------------------------------------------------------------------------------
+
+MEASURES = {
+    "aoi": "AOI (%)",
+    "radius": "mean minimal radius, both correct (1/255, capped at 2)",
+    "robust": "robust at 0.5/255, both correct (%)",
+}
+SATURATION = 1.0  # points from 0 or 100 where a percentage counts as saturated
+
+
+def per_image_results(models_by_seed: dict, profile: str | Profile, seed: int = 0, device="auto",
+                      cache: RunCache | None = None, progress: bool = True) -> pd.DataFrame:
+    """One row per model x test image: ``clean`` and ``robust`` (under PGD-10#0.5) and ``min_eps`` (1/255).
+
+    The minimal radius is the first of ``profile.radius_grid`` at which PGD-10 breaks the image,
+    bisected ``profile.radius_floor_iterations`` times below the first rung for the images
+    that break there.
+    Columns ``dataset, model, seed, image, clean, robust, min_eps``; ``image`` indexes the
+    attack sample (the same images for every model and training seed of a dataset).
+    """
+    profile = get_profile(profile)
+    cache = cache or RunCache()
+    frames = []
+    jobs = [(ts, key, tm) for ts, models in models_by_seed.items() for key, tm in models.items()]
+    for train_seed, (dataset, regime), tm in tqdm(jobs, desc="minimal radii", disable=not progress):
+        images, labels, _ = attack_sample(dataset, profile, seed)
+        sample = sample_id(dataset, images, labels)
+        row = evaluate_cached(tm, images, labels, [TABLE1_ATTACK], sample, device, cache, False, profile,
+                              masks=True)[0]
+        radii = minimal_epsilon_cached(tm, images, labels, profile.radius_grid, sample, device, cache,
+                                       progress=False, floor_iterations=profile.radius_floor_iterations)
+        frames.append(pd.DataFrame({"dataset": dataset, "model": regime, "seed": train_seed,
+                                    "image": np.arange(len(labels)), "clean": row["clean"],
+                                    "robust": row["robust"], "min_eps": radii}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def interval_table(per_image: pd.DataFrame, max_eps: float = RADIUS_AREA_MAX) -> pd.DataFrame:
+    """Per dataset x model x seed: AOI, AAI (PGD-10#0.5) and DR with 95% intervals, and the radius scalars.
+
+    AOI and AAI get Wilson intervals, DR and the curve area a bootstrap over images;
+    ``median_eps`` is the median minimal radius of the clean-correct images (1/255) and
+    ``area`` the area under the robust-accuracy curve on ``[0, max_eps]`` (percent).
+    """
+    rows = []
+    for (dataset, model, seed), g in per_image.groupby(["dataset", "model", "seed"], sort=False):
+        clean, robust, radii = g["clean"].to_numpy(), g["robust"].to_numpy(), g["min_eps"].to_numpy()
+        n = len(g)
+        aoi, aai = 100.0 * clean.mean(), 100.0 * robust.mean()
+        rows.append({
+            "dataset": dataset, "model": model, "seed": seed, "n": n,
+            "aoi": aoi, **ci_columns("aoi", wilson_interval(int(clean.sum()), n)),
+            "aai": aai, **ci_columns("aai", wilson_interval(int(robust.sum()), n)),
+            "dr": decline_ratio(aoi, aai),
+            **ci_columns("dr", bootstrap_interval(mask_decline_ratio, clean, robust)),
+            "median_eps": median_minimal_epsilon(radii),
+            "area": curve_area(radii, max_eps),
+            **ci_columns("area", bootstrap_interval(lambda m: curve_area(m, max_eps), radii)),
+        })
+    return pd.DataFrame(rows)
+
+
+def ci_columns(name: str, interval: tuple[float, float]) -> dict:
+    """``{name}_ci_low`` and ``{name}_ci_high`` columns of one interval."""
+    return {f"{name}_ci_low": interval[0], f"{name}_ci_high": interval[1]}
+
+
+def per_image_scores(per_image: pd.DataFrame, dataset: str, model: str, column: str) -> np.ndarray:
+    """Images x training seeds (in the order of all seeds of the frame) of one model's per-image column."""
+    g = per_image[(per_image["dataset"] == dataset) & (per_image["model"] == model)]
+    wide = g.pivot(index="image", columns="seed", values=column)
+    seeds = sorted(set(per_image["seed"]))
+    if list(wide.columns) != seeds:
+        raise ValueError(f"{dataset}/{model} has training seeds {list(wide.columns)}, the others {seeds}: "
+                         "paired claims need every model trained with the same seeds.")
+    return wide.to_numpy(dtype=float)
+
+
+def claim_scores(per_image: pd.DataFrame, dataset: str, a: str, b: str, measure: str,
+                 max_eps: float = RADIUS_AREA_MAX):
+    """Paired per-image scores of models ``a`` and ``b`` for a measure of :data:`MEASURES`, and their kind.
+
+    AOI compares the clean masks; the robustness measures compare the images both models
+    classify correctly (``nan`` elsewhere): the minimal radius capped at ``max_eps``, or
+    the robust mask under PGD-10#0.5.
+    """
+    def scores(model, column):
+        return per_image_scores(per_image, dataset, model, column)
+
+    if measure == "aoi":
+        return scores(a, "clean"), scores(b, "clean"), "mask"
+    both = (scores(a, "clean") > 0) & (scores(b, "clean") > 0)
+    column = "min_eps" if measure == "radius" else "robust"
+    sa, sb = scores(a, column), scores(b, column)
+    if measure == "radius":
+        sa, sb = np.minimum(sa, max_eps), np.minimum(sb, max_eps)
+    return np.where(both, sa, np.nan), np.where(both, sb, np.nan), "mask" if measure == "robust" else "score"
