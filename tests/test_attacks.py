@@ -13,6 +13,7 @@ from nbs_lib.methods.attacks import (
     AttackSpec,
     adversarial_batches,
     attack,
+    autoattack,
     fgsm,
     parse_attack,
     pgd,
@@ -152,6 +153,21 @@ def test_functions_reject_eps_off_the_pixel_scale(digits_model):
         fgsm(model, x[:4], y[:4], eps=-0.1)
     with pytest.raises(ValueError):
         pgd(model, x[:4], y[:4], eps=0.1, steps=0)
+
+
+@pytest.mark.parametrize("attack_fn", ["pgd", "fgsm", "autoattack"])
+@pytest.mark.parametrize("bad, fragment", [("normalised", r"\[0, 1\] scale"), ("uint8", "uint8"),
+                                           ("nan", "NaN or Inf"), ("scaled", "divide 0-255")])
+def test_attacks_refuse_images_off_the_pixel_scale(digits_model, attack_fn, bad, fragment):
+    model, x, y = digits_model
+    x = x[:4].clone()
+    images = {"normalised": (x - 0.45) / 0.22, "uint8": (x * 255).to(torch.uint8), "scaled": x * 255,
+              "nan": x.index_put_((torch.tensor([0]),), torch.tensor(float("nan")))}[bad]
+    fn = {"pgd": lambda: pgd(model, images, y[:4], eps=0.5 / 255, steps=2),
+          "fgsm": lambda: fgsm(model, images, y[:4], eps=0.5 / 255),
+          "autoattack": lambda: autoattack(model, images, y[:4], eps=0.5 / 255, steps=1, n_queries=1)}[attack_fn]
+    with pytest.raises(ValueError, match=fragment):
+        fn()
 
 
 # --------------------------------------------------------------------------- bounds

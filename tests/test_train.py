@@ -112,6 +112,17 @@ def test_augmentation_keeps_shape_and_range():
         assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
 
 
+@pytest.mark.parametrize("corrupt, fragment", [(lambda x: x * 255, r"\[0, 1\] scale"),
+                                              (lambda x: x.index_put_((torch.tensor([3]),), torch.tensor(float("inf"))),
+                                               "NaN or Inf")])
+def test_training_refuses_images_off_the_pixel_scale(corrupt, fragment):
+    data = Blobs()
+    data.images = corrupt(data.images.clone())
+    model, config = _small("standard", epochs=1)
+    with pytest.raises(ValueError, match=fragment):
+        fit(model, data, config, device="cpu")
+
+
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown regime"):
         TrainConfig("finetune", 1, 8, 1e-3, 1e-3)

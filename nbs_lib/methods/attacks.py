@@ -40,7 +40,7 @@ from torch import nn
 
 from nbs_lib.core.device import autocast as _autocast
 from nbs_lib.core.device import frozen_eval, resolve_device
-from nbs_lib.methods.batches import iterate_batches
+from nbs_lib.methods.batches import check_pixels, iterate_batches
 from nbs_lib.methods.threat_models import threat_model
 
 __all__ = [
@@ -235,7 +235,7 @@ def fgsm(
     See :func:`pgd` for ``amp``.
     """
     eps = _check_eps(eps, norm)
-    x = x.detach()
+    x = check_pixels(x.detach(), "fgsm")
     if eps == 0:
         return x.clone()
     with frozen_eval(model):
@@ -284,7 +284,7 @@ def pgd(
     ``targeted=True`` reads ``y`` as target classes and *descends* the cross-entropy
     towards them (the anti-robust datasets of chapter 7, after Ilyas et al. 2019).
     """
-    x = x.detach()
+    x = check_pixels(x.detach(), "pgd")
     per_image = isinstance(eps, torch.Tensor)
     eps = _per_image_eps(eps, norm, x) if per_image else _check_eps(eps, norm)
     steps = int(steps)
@@ -363,7 +363,7 @@ def autoattack(
     import torchattacks  # imported lazily: only AutoAttack needs it
 
     eps = _check_eps(eps, norm)
-    x = x.detach()
+    x = check_pixels(x.detach(), "autoattack")
     if eps == 0:
         return x.clone()
     devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()] \

@@ -14,6 +14,30 @@ from nbs_lib.data.images import LabeledImages
 # ----------------------------------------------------------------------------------
 
 
+PIXEL_TOLERANCE = 1e-5  # float rounding of images resized or converted to [0, 1]
+
+
+def check_pixels(x: torch.Tensor, where: str) -> torch.Tensor:
+    """``x`` if it is an image batch on the [0, 1] scale with no NaN or Inf; else a clear error.
+
+    Every attack's ball is clipped to [0, 1] and every backbone normalises [0, 1] inputs
+    itself, so a batch already normalised (ImageNet mean and std), on the 0-255 scale or
+    with NaNs would be attacked and trained on silently and wrongly. One reduction per
+    batch (a host synchronisation on a GPU).
+    """
+    if not x.is_floating_point():
+        raise ValueError(f"{where} takes float images on the [0, 1] scale; got dtype {x.dtype} "
+                         "(divide uint8 images by 255).")
+    low, high = torch.aminmax(x.detach())
+    low, high = float(low), float(high)
+    if not (low == low and high == high) or abs(low) == float("inf") or abs(high) == float("inf"):
+        raise ValueError(f"{where} got images with NaN or Inf values; check the data or the preprocessing.")
+    if low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+        raise ValueError(f"{where} takes images on the [0, 1] scale; got values in [{low:.3g}, {high:.3g}]. "
+                         "Pass unnormalised images (the model normalises them itself); divide 0-255 images by 255.")
+    return x
+
+
 def iterate_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                     shuffle: bool = False, generator: torch.Generator | None = None
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

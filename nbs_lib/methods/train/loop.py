@@ -64,7 +64,7 @@ from nbs_lib.core import distributed
 from nbs_lib.core.device import autocast as _autocast
 from nbs_lib.core.device import frozen_eval, resolve_device
 from nbs_lib.data.images import LabeledImages
-from nbs_lib.methods.batches import augment_batch, device_data, input_batches
+from nbs_lib.methods.batches import augment_batch, check_pixels, device_data, input_batches
 from nbs_lib.methods.evaluate import dataset_accuracy
 from nbs_lib.methods.train.config import TrainConfig
 from nbs_lib.methods.train.terms import FeatureTerm, adversarial_batch, feature_terms
@@ -234,7 +234,7 @@ def _train_step(loop: _Loop, x: torch.Tensor, y: torch.Tensor, data_gen, attack_
     """One optimizer step on the global batch ``(x, y)`` (this rank's slice under DDP)."""
     config, model = loop.config, loop.model
     if not loop.frozen_embeddings:
-        x = augment_batch(x, config.augment, data_gen)
+        x = augment_batch(check_pixels(x, "training"), config.augment, data_gen)
     share = None
     if loop.ddp:
         share = distributed.world_size() / len(y)
