@@ -105,6 +105,41 @@ def test_torchvision_imagenet_offline_error_names_the_cache(monkeypatch, tmp_pat
         load_model("resnet18", weights="imagenet")
 
 
+def test_a_corrupt_torchvision_file_under_its_name_is_refused(monkeypatch, tmp_path):
+    import torch.hub
+    import torchvision
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path), raising=False)
+    name = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "checkpoints" / name)
+    with pytest.raises(ValueError, match="not the published file of torchvision's ImageNet resnet18"):
+        load_model("resnet18", weights="imagenet")
+
+
+def test_checksums_in_file_names_are_verified(tmp_path):
+    import hashlib
+
+    from nbs_lib.models.checksums import expected_prefix, verified
+    good = tmp_path / "w.pth"
+    good.write_bytes(b"weights")
+    named = tmp_path / f"model-{hashlib.sha256(b'weights').hexdigest()[:8]}.pth"
+    good.rename(named)
+    assert verified(named, "a model") == named and expected_prefix("x-0123abcd.pth") == "0123abcd"
+    named.write_bytes(b"other bytes")  # same name, other content: hashed again and refused
+    with pytest.raises(ValueError, match="corrupt or another model's"):
+        verified(named, "a model")
+    with pytest.raises(ValueError, match="does not carry a checksum"):
+        verified(tmp_path / "plain.pth", "a model")
+
+
+def test_a_checkpoint_of_another_backbone_is_a_clear_error(tmp_path):
+    import torchvision
+    path = tmp_path / "resnet50.pt"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="do not fit resnet18"):
+        load_model("resnet18", weights=path)
+
+
 def test_model_info_sizes_grow_with_capacity():
     sizes = [model_info(load_model(a, num_classes=10)).size_mb for a in LITES]
     assert sizes == sorted(sizes)

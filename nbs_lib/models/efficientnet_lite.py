@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nbs_lib.models.checksums import verified
 from nbs_lib.models.resnet import _read_state_dict
 from nbs_lib.models.split import (
     LITE_MEAN,
@@ -149,7 +150,7 @@ def _lite_weights_path(arch: str) -> Path:
     if not files:
         raise FileNotFoundError(f"No .pth file in {Path(module.__file__).parent / 'models'}; "
                                 f"reinstall '{package.replace('_', '-')}'.")
-    return files[0]
+    return verified(files[0], f"the ImageNet {arch} (reinstall '{package.replace('_', '-')}')")
 
 
 def _load_lite_state(model: SplitClassifier, blocks, stem, head, state: dict, keep_fc: bool):

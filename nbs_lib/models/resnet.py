@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from nbs_lib.models.checksums import verified
 from nbs_lib.models.split import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,8 +34,10 @@ def _torchvision_imagenet_state(arch: str) -> dict:
     """torchvision's ImageNet weights, from its cache, or downloaded where online."""
     weights = getattr(torchvision.models, _RESNETS[arch]).IMAGENET1K_V1
     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cache.is_file():
+        verified(cache, f"torchvision's ImageNet {arch}")
     try:
-        return weights.get_state_dict(progress=False, check_hash=False)
+        return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as err:  # no network, proxy refusal, ...
         raise FileNotFoundError(
             f"torchvision's ImageNet weights for {arch} are not in the cache and could not be "
@@ -62,6 +65,18 @@ def _read_state_dict(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 
+def _load_checked(net: nn.Module, state: dict, arch: str, source) -> None:
+    """``net.load_state_dict(state)``, with an error that says which file does not fit which backbone."""
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        missing = sorted(set(net.state_dict()) - set(state))[:3]
+        wrong = [k for k, v in net.state_dict().items() if k in state and state[k].shape != v.shape][:3]
+        raise ValueError(f"The weights {source!s} do not fit {arch}: missing {missing}, shapes differ for "
+                         f"{wrong}. Pass the checkpoint of a {arch} (or arch= of the checkpoint's backbone)."
+                         ) from err
+
+
 def build_resnet(arch: str, num_classes: int, weights: str | None, bn_momentum: float) -> SplitClassifier:
     net = getattr(torchvision.models, arch)(weights=None)
     if weights is not None:
@@ -69,7 +84,7 @@ def build_resnet(arch: str, num_classes: int, weights: str | None, bn_momentum: 
         if "fc.weight" in state and state["fc.weight"].shape != net.fc.weight.shape:
             # a source model pre-trained here on a task with another number of classes
             net.fc = nn.Linear(net.fc.in_features, state["fc.weight"].shape[0])
-        net.load_state_dict(state)
+        _load_checked(net, state, arch, weights)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = bn_momentum
