@@ -47,11 +47,14 @@ def test_overrides_dict_as_a_notebook_passes_it():
     prof = get_profile("paper", {"epochs": 1, "lr_grid_f": [1e-4], "attack_samples": 64})
     assert (prof.epochs, prof.lr_grid_f, prof.attack_samples) == (1, (1e-4,), 64)
     assert get_profile("mini", {"val_fraction": 0}).val_fraction == 0.0  # an int where a float goes
+    assert get_profile("mini", {"radius_grid": [1, 2.5]}).radius_grid == (1.0, 2.5)
 
 
 @pytest.mark.parametrize("bad,match", [({"epochs": "three"}, "takes a int"), ({"epochs": 0}, ">= 1"),
                                        ({"val_fraction": 1.5}, r"\[0, 1\)"), ({"epcohs": 1}, "spelling"),
-                                       ({"lr_grid_g": 1e-3}, "takes a tuple")])
+                                       ({"lr_grid_g": 1e-3}, "takes a tuple"),
+                                       ({"radius_grid": [0.5, "1"]}, "holds floats"),
+                                       ({"datasets": ["mnist", 3]}, "holds strs")])
 def test_bad_override_names_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         get_profile("mini", bad)

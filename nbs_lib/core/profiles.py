@@ -84,6 +84,8 @@ def _checked(name: str, value, current):
     if type(value) is not kind:
         raise ValueError(f"Profile field {name!r} takes a {kind.__name__} (like {current!r}); "
                          f"got {value!r} ({type(value).__name__}).")
+    if kind is tuple and current:
+        value = tuple(_checked_item(name, item, current[0]) for item in value)
     if kind is int:
         lowest = 0 if name in _NON_NEGATIVE else 1
         if value < lowest:
@@ -91,6 +93,16 @@ def _checked(name: str, value, current):
     if name == "val_fraction" and not 0 <= value < 1:
         raise ValueError(f"Profile field 'val_fraction' must be in [0, 1); got {value}.")
     return value
+
+
+def _checked_item(name: str, item, example):
+    """One element of a tuple field, of the type of the default's elements (ints accepted for floats)."""
+    if isinstance(example, float) and isinstance(item, int) and not isinstance(item, bool):
+        return float(item)
+    if type(item) is not type(example):
+        raise ValueError(f"Profile field {name!r} holds {type(example).__name__}s (like {example!r}); "
+                         f"got {item!r} ({type(item).__name__}).")
+    return item
 
 
 PROFILES: dict[str, Profile] = {
