@@ -37,6 +37,7 @@ book: venv data
 	  echo "== $$name (profile=$(PROFILE)) $$(date +%T)"; \
 	  start=$$(date +%s); \
 	  $(BIN)/papermill $$nb book/$$name.ipynb -p profile $(PROFILE) --progress-bar --log-output || exit 1; \
+	  $(BIN)/python -m nbs_lib.report.notebooks tidy book/$$name.ipynb; \
 	  echo "== $$name done in $$(( $$(date +%s) - start )) s"; \
 	done
 	$(BIN)/python -m nbs_lib.report.summary
