@@ -53,6 +53,9 @@ def test_adversarial_explorer_panels():
 def test_figures_draw():
     ds = load_dataset("digits", "test", "smoke")
     assert len(example_grid({"digits": ds}, per_row=5).axes) == 5
+    from nbs_lib.data.images import LabeledImages  # a lazy set (paper-size data): images is None
+    lazy = LabeledImages("digits", "test", ds.classes, ds.labels, fetch=lambda i: ds.images[i])
+    assert lazy.images is None and len(example_grid({"digits": lazy}, per_row=5).axes) == 5
     hist = pd.DataFrame({"dataset": ["d"] * 4, "model": ["standard", "standard", "full", "full"],
                          "epoch": [1, 2, 1, 2], "val_acc": [10, 20, 30, 40.0]})
     assert training_curves(hist) is not None

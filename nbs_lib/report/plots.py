@@ -32,7 +32,7 @@ def example_grid(datasets: dict, per_row: int = 10, rows_per_dataset: int = 1, s
             ax.axis("off")
             if k < len(picks):
                 i = picks[k]
-                ax.imshow(to_numpy_image(ds.images[i]), interpolation="nearest")
+                ax.imshow(to_numpy_image(ds[i][0]), interpolation="nearest")
                 ax.set_title(ds.classes[int(ds.labels[i])], fontsize=7)
         axes[d * rows_per_dataset, 0].text(-0.15, 0.5, name, transform=axes[d * rows_per_dataset, 0].transAxes,
                                            ha="right", va="center", fontsize=10, rotation=90)
