@@ -27,7 +27,12 @@ def test_shuffle_moves_whole_images():
 
 def test_cca_with_too_few_points_is_reported_not_faked():
     value, note = measure_similarity("cca", torch.randn(5, 8), torch.randn(5, 8))
-    assert math.isnan(value) and "n=5 < d=8" in note
+    assert math.isnan(value) and "n=5 data points with 4 directions kept" in note
+    # 1,000 raw neurons, but only 10 directions hold the variance: SVCCA is defined with n = 200
+    g = torch.Generator().manual_seed(0)
+    low_rank = torch.randn(200, 10, generator=g) @ torch.randn(10, 1000, generator=g)
+    value, note = measure_similarity("cca", low_rank, low_rank + 0.01 * torch.randn(200, 1000, generator=g))
+    assert not math.isnan(value) and note == ""
     with pytest.raises(ValueError, match="measure"):
         measure_similarity("svcca", torch.randn(5, 2), torch.randn(5, 2))
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from nbs_lib.methods.similarity import (
+    UndefinedCCA,
     canonical_correlations,
     cca_similarity,
     linear_cka,
@@ -88,11 +89,37 @@ def test_float32_and_numpy_inputs_give_the_same_answer():
     assert a == pytest.approx(cca_similarity(x, y), abs=1e-5)
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+def test_the_guard_refuses_n_equal_to_d_and_d_plus_one(extra):
+    rng = np.random.default_rng(0)
+    d = 20
+    x, y = rng.normal(size=(d + extra, d)), rng.normal(size=(d + extra, d))  # unrelated
+    with pytest.raises(UndefinedCCA):
+        cca_similarity(x, y, keep=None)
+    x, y = rng.normal(size=(d + 2, d)), rng.normal(size=(d + 2, d))  # n - 1 > d: defined, not 1
+    assert cca_similarity(x, y, keep=None) < 1 - 1e-6
+
+
+def test_svcca_reduces_then_correlates_as_by_hand():
+    # u1, u2, u3: orthonormal, centred directions over n data points
+    rng = np.random.default_rng(1)
+    n = 300
+    z = rng.normal(size=(n, 3))
+    u = np.linalg.qr(z - z.mean(0))[0]
+    a = np.c_[10.0 * u[:, 0], 0.1 * u[:, 1]]  # u2 holds 0.01% of A's variance
+    b = np.c_[u[:, 1], u[:, 2]]  # equal variances: B keeps both
+    # reduced, A is span{u1}, orthogonal to span{u2, u3}: one correlation, 0
+    assert canonical_correlations(a, b, keep=0.99).numpy() == pytest.approx([0.0], abs=1e-9)
+    # unreduced, A spans {u1, u2}: correlations 1 (u2) and 0, mean 0.5
+    assert canonical_correlations(a, b, keep=None).numpy() == pytest.approx([1.0, 0.0], abs=1e-9)
+    assert cca_similarity(a, b, keep=None) == pytest.approx(0.5, abs=1e-9)
+
+
 def test_clear_errors():
     x, y = _pair()
     with pytest.raises(ValueError, match="same inputs"):
         cca_similarity(x, y[:-1])
-    with pytest.raises(ValueError, match="n=5 < d=12"):
+    with pytest.raises(UndefinedCCA, match="n=5 data points"):
         cca_similarity(x[:5], y[:5])
     with pytest.raises(ValueError, match="2-D"):
         linear_cka(x.reshape(400, 3, 4), y)

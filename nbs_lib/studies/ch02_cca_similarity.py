@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache
 from nbs_lib.data.registry import balanced_sample
-from nbs_lib.methods.similarity import cca_similarity, linear_cka
+from nbs_lib.methods.similarity import UndefinedCCA, cca_similarity, linear_cka
 from nbs_lib.methods.train.recipes import weights_id
 from nbs_lib.models.layers import LAYER_SETS, layer_matrices
 from nbs_lib.models.registry import load_model
@@ -62,14 +62,18 @@ def compared_models(dataset: str, profile: Profile, arch: str, weights, seed: in
 
 
 def measure_similarity(measure: str, a: torch.Tensor, b: torch.Tensor) -> tuple[float, str]:
-    """``(similarity in [0, 100], note)``; CCA with fewer data points than neurons is not defined."""
+    """``(similarity in [0, 100], note)``; SVCCA that keeps ``n - 1`` directions or more is not defined.
+
+    The guard applies to the widths SVCCA keeps after its SVD reduction
+    (:class:`~nbs_lib.methods.similarity.UndefinedCCA`), not to the raw number of neurons.
+    """
     if measure == "cka":
         return 100.0 * linear_cka(a, b), ""
     if measure == "cca":
-        dims = max(a.shape[1], b.shape[1])
-        if a.shape[0] < dims:
-            return math.nan, f"CCA needs n >= d: n={a.shape[0]} < d={dims}"
-        return 100.0 * cca_similarity(a, b), ""
+        try:
+            return 100.0 * cca_similarity(a, b), ""
+        except UndefinedCCA as err:
+            return math.nan, str(err).split(" is trivially")[0] + " is trivially 1"
     raise ValueError(f"Unknown measure {measure!r}; use one of {MEASURES}.")
 
 

@@ -40,7 +40,11 @@ def _as_matrix(x, name: str) -> torch.Tensor:
     return t.detach().to(torch.float64)
 
 
-def _check_pair(x, y, need_rows_over_columns: bool) -> tuple[torch.Tensor, torch.Tensor]:
+class UndefinedCCA(ValueError):
+    """CCA asked of too few data points for the directions kept: every correlation would be 1."""
+
+
+def _check_pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = _as_matrix(x, "L1"), _as_matrix(y, "L2")
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"L1 has {a.shape[0]} data points and L2 has {b.shape[0]}: both must hold "
@@ -49,14 +53,23 @@ def _check_pair(x, y, need_rows_over_columns: bool) -> tuple[torch.Tensor, torch
         raise ValueError("need at least two data points")
     if a.device != b.device:
         b = b.to(a.device)
-    if need_rows_over_columns:
-        d = max(a.shape[1], b.shape[1])
-        if a.shape[0] < d:
-            raise ValueError(
-                f"CCA needs at least as many data points as neurons: n={a.shape[0]} < d={d}. With "
-                "fewer, every canonical correlation is trivially 1. Use more images, treat "
-                "positions as data points (nbs_lib.models.layers, mode='positions'), or pool the maps.")
     return a, b
+
+
+def _check_widths(n: int, kept_a: int, kept_b: int) -> None:
+    """Refuse CCA when a side keeps ``n - 1`` or more directions (after the SVD reduction).
+
+    ``n`` centred data points span at most ``n - 1`` directions, so a side that keeps
+    that many spans the whole data space and every canonical correlation with it is 1,
+    whatever the other side holds. The guard is on the *kept* widths, as SVCCA reduces
+    first: 1,456 raw neurons reduced to 370 directions are fine with 1,200 data points.
+    """
+    kept = max(kept_a, kept_b)
+    if kept >= n - 1:
+        raise UndefinedCCA(
+            f"CCA of n={n} data points with {kept} directions kept (of at most n - 1 = {n - 1}) is trivially 1. "
+            "Use more images, treat positions as data points (nbs_lib.models.layers, mode='positions'), "
+            "or reduce further (a smaller keep).")
 
 
 def _centre(x: torch.Tensor) -> torch.Tensor:
@@ -108,11 +121,13 @@ def canonical_correlations(x, y, keep: float | None = DEFAULT_KEEP, rtol: float 
     whose singular value is below ``rtol`` times the largest count as zero variance,
     so k = min(rank(L1), rank(L2)) correlations are returned, each in [0, 1]. The SVD
     that reduces each side also gives its orthonormal basis, so each side costs one SVD.
+    Raises :class:`UndefinedCCA` when a side keeps ``n - 1`` directions or more.
     """
     if keep is not None and not 0 < keep <= 1:
         raise ValueError(f"keep is a fraction of variance in (0, 1]; got {keep}")
-    a, b = _check_pair(x, y, need_rows_over_columns=True)
+    a, b = _check_pair(x, y)
     qa, qb = _basis(_centre(a), keep, rtol), _basis(_centre(b), keep, rtol)
+    _check_widths(a.shape[0], qa.shape[1], qb.shape[1])
     return torch.linalg.svdvals(qa.T @ qb).clamp(0.0, 1.0)
 
 
@@ -127,7 +142,7 @@ def linear_cka(x, y) -> float:
     Computed through the d x d cross-products, so n may be large (positions as data
     points); n < d is allowed.
     """
-    a, b = _check_pair(x, y, need_rows_over_columns=False)
+    a, b = _check_pair(x, y)
     a, b = _centre(a), _centre(b)
     cross = torch.linalg.matrix_norm(b.T @ a) ** 2
     norm_a = torch.linalg.matrix_norm(a.T @ a)
