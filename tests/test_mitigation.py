@@ -12,7 +12,10 @@ from nbs_lib.studies.ch06_dm_regularisation import (
     method_settings,
     method_study,
     steepness_table,
+    table5_claims,
 )
+from nbs_lib.studies.common import per_image_results, radius_floor
+from nbs_lib.studies.sources import target_profile
 from nbs_lib.studies.sources import pretrain_source
 
 
@@ -35,6 +38,10 @@ def test_every_method_runs_and_the_table_has_the_papers_layout(sources):
     assert frame.lr_g.nunique() == 1  # every method reuses plain fine-tuning's learning rates
     assert list(table5_layout(frame).index) == list(METHODS)
     assert best_method(frame).loc["mnist", "most robust"] in METHODS
+    per_image = per_image_results({0: models}, target_profile(prof), device="cpu", cache=cache, progress=False)
+    claims = table5_claims(per_image, radius_floor(prof))
+    assert len(claims) == 3 * (len(METHODS) - 1) and (claims["A"] == "DM@stage-1&2").all()
+    assert set(claims["B"]) == set(METHODS) - {"DM@stage-1&2"}
     sweep = lambda_sweep("mnist", standard, robust, [0, 2.0], prof, lipschitz_steps=1, device="cpu",
                          cache=cache, progress=False)
     assert sweep.method.tolist() == ["AT@stage-1", "DM@stage-1&2"]

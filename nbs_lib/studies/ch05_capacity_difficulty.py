@@ -23,8 +23,7 @@ from nbs_lib.methods.train.recipes import train_model
 from nbs_lib.models.registry import load_model, model_info
 from nbs_lib.report.paper import TABLE1_ATTACK
 from nbs_lib.report.verdicts import tally
-from nbs_lib.studies.common import (MEASURES, RADIUS_AREA_MAX, SATURATION, attack_sample, claim_scores,
-                                    evaluate_cached, paired_claim, radius_summary, sample_id)
+from nbs_lib.studies.common import attack_sample, evaluate_cached, model_claims, radius_summary, sample_id
 from nbs_lib.studies.sources import finetune_from_source, pretrain_source, source_table, target_profile
 
 CAPACITY_ARCHS = {"mini": ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
@@ -112,29 +111,6 @@ CAPACITY_CLAIMS = (("has higher AOI", "higher", "aoi"), ("is more robust", "high
                    ("is more robust", "higher", "robust"))
 DIFFICULTY_CLAIMS = (("has higher AOI", "higher", "aoi"), ("is less robust", "lower", "radius"),
                      ("is less robust", "lower", "robust"))
-
-
-def model_claims(per_image: pd.DataFrame, pairs, claims, floor: float,
-                 max_eps: float = RADIUS_AREA_MAX) -> pd.DataFrame:
-    """Paired claims "A <claim> than B" per dataset for each ``(A, B)`` of ``pairs`` (models of ``per_image``).
-
-    ``claims`` are ``(words, expected, measure)`` with a measure of
-    :data:`nbs_lib.studies.common.MEASURES`; each gets
-    :func:`~nbs_lib.studies.common.paired_claim`'s test and verdict on the same images,
-    saturated at ``floor`` (:func:`~nbs_lib.studies.common.radius_floor`) or the cap for
-    the radius and within :data:`~nbs_lib.studies.common.SATURATION` of 0 or 100 for a
-    percentage.
-    """
-    rows = []
-    for dataset in dict.fromkeys(per_image["dataset"]):
-        for a, b in pairs:
-            for words, expected, measure in claims:
-                sa, sb, kind = claim_scores(per_image, dataset, a, b, measure, max_eps)
-                low, high = (SATURATION, 100 - SATURATION) if kind == "mask" else (floor, max_eps)
-                rows.append({"claim": f"{a} {words} than {b}", "relation": words, "dataset": dataset,
-                             "measure": MEASURES[measure],
-                             "A": a, "B": b, **paired_claim(sa, sb, expected, kind, low, high)})
-    return pd.DataFrame(rows)
 
 
 def capacity_claims(per_image: pd.DataFrame, archs, floor: float) -> pd.DataFrame:

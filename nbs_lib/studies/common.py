@@ -399,3 +399,24 @@ def claim_scores(per_image: pd.DataFrame, dataset: str, a: str, b: str, measure:
     if measure == "radius":
         sa, sb = np.minimum(sa, max_eps), np.minimum(sb, max_eps)
     return np.where(both, sa, np.nan), np.where(both, sb, np.nan), "mask" if measure == "robust" else "score"
+
+
+def model_claims(per_image: pd.DataFrame, pairs, claims, floor: float,
+                 max_eps: float = RADIUS_AREA_MAX) -> pd.DataFrame:
+    """Paired claims "A <claim> than B" per dataset for each ``(A, B)`` of ``pairs`` (models of ``per_image``).
+
+    ``claims`` are ``(words, expected, measure)`` with a measure of :data:`MEASURES`; each
+    gets :func:`paired_claim`'s test and verdict on the same images, saturated at ``floor``
+    (:func:`radius_floor`) or the cap for the radius and within :data:`SATURATION` of 0 or
+    100 for a percentage. Used by Tables 3-5 (chapters 5 and 6).
+    """
+    rows = []
+    for dataset in dict.fromkeys(per_image["dataset"]):
+        for a, b in pairs:
+            for words, expected, measure in claims:
+                sa, sb, kind = claim_scores(per_image, dataset, a, b, measure, max_eps)
+                low, high = (SATURATION, 100 - SATURATION) if kind == "mask" else (floor, max_eps)
+                rows.append({"claim": f"{a} {words} than {b}", "relation": words, "dataset": dataset,
+                             "measure": MEASURES[measure],
+                             "A": a, "B": b, **paired_claim(sa, sb, expected, kind, low, high)})
+    return pd.DataFrame(rows)
