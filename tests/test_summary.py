@@ -40,11 +40,14 @@ def test_summary_section_is_what_the_results_give(name, tmp_path):
 
 def test_update_summary_rewrites_only_between_the_markers(tmp_path):
     copy = tmp_path / "summary.md"
-    name, (build, sources) = "01", SECTIONS["01"]
-    copy.write_text(f"intro\n{BEGIN.format(name=name, sources=sources)}\nold text\n{END.format(name=name)}\noutro\n")
+    sections = "between\n".join(f"{BEGIN.format(name=name, sources=sources)}\nold text\n{END.format(name=name)}\n"
+                                 for name, (_, sources) in SECTIONS.items())
+    copy.write_text(f"intro\n{sections}outro\n")
     text = update_summary(copy)
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old text" not in text
-    assert generated(text, name) == build(None)
+    assert text.count("between\n") == len(SECTIONS) - 1
+    for name, (build, _) in SECTIONS.items():
+        assert generated(text, name) == build(None)
 
 
 def test_a_missing_results_file_names_the_chapter_to_run(tmp_path):
