@@ -24,7 +24,7 @@ from nbs_lib.methods.statistics import bootstrap_interval, wilson_interval
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE2_ATTACKS
 from nbs_lib.report.verdicts import tally
 from nbs_lib.studies.common import (MEASURES, RADIUS_AREA_MAX, SATURATION, attack_sample, ci_columns,
-                                    claim_scores, evaluate_cached, paired_claim, robustness_study, sample_id)
+                                    evaluate_cached, model_claim, paired_claim, robustness_study, sample_id)
 
 
 def observations(table: pd.DataFrame, attack: str = TABLE1_ATTACK) -> pd.DataFrame:
@@ -190,9 +190,7 @@ def table1_claims(per_image: pd.DataFrame, floor: float, max_eps: float = RADIUS
     for dataset in dict.fromkeys(per_image["dataset"]):
         found = {}
         for obs, claim, a, b, expected, measure in TABLE1_CLAIMS:
-            sa, sb, kind = claim_scores(per_image, dataset, a, b, measure, max_eps)
-            low, high = (SATURATION, 100 - SATURATION) if kind == "mask" else (floor, max_eps)
-            result = paired_claim(sa, sb, expected, kind, low, high)
+            result = model_claim(per_image, dataset, a, b, expected, measure, floor, max_eps)
             found[(claim, measure)] = result
             rows.append({"observation": obs, "claim": claim, "dataset": dataset, "measure": MEASURES[measure],
                          "A": a, "B": b, **result})

@@ -414,9 +414,19 @@ def model_claims(per_image: pd.DataFrame, pairs, claims, floor: float,
     for dataset in dict.fromkeys(per_image["dataset"]):
         for a, b in pairs:
             for words, expected, measure in claims:
-                sa, sb, kind = claim_scores(per_image, dataset, a, b, measure, max_eps)
-                low, high = (SATURATION, 100 - SATURATION) if kind == "mask" else (floor, max_eps)
                 rows.append({"claim": f"{a} {words} than {b}", "relation": words, "dataset": dataset,
-                             "measure": MEASURES[measure],
-                             "A": a, "B": b, **paired_claim(sa, sb, expected, kind, low, high)})
+                             "measure": MEASURES[measure], "A": a, "B": b,
+                             **model_claim(per_image, dataset, a, b, expected, measure, floor, max_eps)})
     return pd.DataFrame(rows)
+
+
+def model_claim(per_image: pd.DataFrame, dataset: str, a: str, b: str, expected: str, measure: str,
+                floor: float, max_eps: float = RADIUS_AREA_MAX) -> dict:
+    """:func:`paired_claim` of "model ``a`` is ``expected`` than ``b``" on ``dataset`` by ``measure``.
+
+    Saturated within :data:`SATURATION` of 0 or 100 for a percentage, at ``floor`` or
+    ``max_eps`` for the minimal radius.
+    """
+    sa, sb, kind = claim_scores(per_image, dataset, a, b, measure, max_eps)
+    low, high = (SATURATION, 100 - SATURATION) if kind == "mask" else (floor, max_eps)
+    return paired_claim(sa, sb, expected, kind, low, high)
