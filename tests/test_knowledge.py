@@ -79,3 +79,15 @@ def test_claims_count_only_datasets_with_values():
     assert col["ft closer to pt than to st (bottom)"] == "1 of 2 datasets"
     assert col["ft closer to pt than to st (all)"] == "1 of 1 datasets"
     assert col["ft-st: bottom more alike than all"] == "1 of 1 datasets"
+    assert table["verdict"].tolist() == ["no", "reproduced", "reproduced"]
+
+
+@pytest.mark.parametrize("counts, verdict", [
+    (["4 of 4 datasets", "3 of 4 datasets"], "reproduced"),
+    (["2 of 4 datasets", "3 of 4 datasets"], "partly"),
+    (["2 of 4 datasets", "0 of 4 datasets"], "no"),
+    (["0 of 0 datasets"], "untested"),
+])
+def test_figure3_verdict_needs_a_majority_of_datasets_under_every_measure(counts, verdict):
+    from nbs_lib.studies.ch02_cca_similarity import figure3_verdict
+    assert figure3_verdict(counts) == verdict

@@ -57,6 +57,18 @@ def _same_measure(claims: pd.DataFrame, measure: str) -> pd.Series:
     return (claims["measure"] == measure) | (by_attack == measure)
 
 
+def chapter2(results_dir=None) -> str:
+    """Chapter 2's Figure 3 claims: the paper's statement, our count per measure and reduction, the verdict."""
+    claims = _read("02_cca_similarity_claims", results_dir)
+    profile = claims["profile"].iloc[0]
+    measures = [c for c in claims.columns if c not in ("claim", "paper", "verdict", "profile")]
+    lines = [f"| claim of the paper | paper | {' | '.join(measures)} | verdict (`{profile}`) |",
+             "|---" * (len(measures) + 3) + "|"]
+    for r in claims.to_dict("records"):
+        lines.append(f"| {r['claim']} | {r['paper']} | {' | '.join(str(r[m]) for m in measures)} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
 def chapter4(results_dir=None) -> str:
     """Chapter 4's correlations of DR and the radius measures with the MMD, each with its verdict."""
     claims = _read("04_mmd_vs_dr_claims", results_dir)
@@ -91,6 +103,7 @@ def chapter5(results_dir=None) -> str:
 
 SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "
                              "01_robustness_table2_claims.csv"),
+            "02": (chapter2, "02_cca_similarity_claims.csv"),
             "04": (chapter4, "04_mmd_vs_dr_claims.csv"),
             "05": (chapter5, "05_capacity_difficulty_verdicts.csv, 05_capacity_difficulty_claims.csv")}
 

@@ -176,6 +176,7 @@ def claims_vs_paper(frame: pd.DataFrame, modes=("positions", "pool")) -> pd.Data
 
     One column per measure and reduction; a cell reads "k of n datasets", n counting
     the datasets where the values compared exist (CCA needs more points than neurons).
+    The ``verdict`` column follows :func:`figure3_verdict`.
     """
     from nbs_lib.report.paper import FIGURE3_CLAIMS
 
@@ -195,4 +196,21 @@ def claims_vs_paper(frame: pd.DataFrame, modes=("positions", "pool")) -> pd.Data
                 both = t[[larger, smaller]].dropna()
                 column[claim] = f"{int((both[larger] > both[smaller]).sum())} of {len(both)} datasets"
             table[f"{measure.upper()}, {mode}"] = column
-    return pd.DataFrame(table)
+    table = pd.DataFrame(table)
+    table["verdict"] = [figure3_verdict(row.drop("paper").tolist()) for _, row in table.iterrows()]
+    return table
+
+
+def figure3_verdict(counts: list[str]) -> str:
+    """The verdict on one Figure 3 claim from its "k of n datasets" counts, one per measure and reduction.
+
+    A count supports the claim when k is more than half of n (the paper's "most datasets"):
+    "reproduced" when every measure and reduction supports it, "partly" when some do,
+    "no" when none does; "untested" when no count has a dataset.
+    """
+    pairs = [tuple(int(x) for x in count.split(" datasets")[0].split(" of ")) for count in counts]
+    pairs = [(k, n) for k, n in pairs if n > 0]
+    if not pairs:
+        return "untested"
+    supported = sum(k > n / 2 for k, n in pairs)
+    return "reproduced" if supported == len(pairs) else "partly" if supported else "no"
