@@ -15,7 +15,6 @@ from nbs_lib.report.plots import (  # noqa: F401
     similarity_bars,
     training_curves,
     transfer_curve_grid,
-    uap_grid,
     uap_success_curves,
     uap_transfer_bars,
 )

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nbs_lib"
 LAYERS = ("core", "data", "models", "methods", "report", "studies")
 # Old flat modules kept as thin re-exports for the executed chapters in book/ (see each file).
 SHIMS = {"profiles", "results", "plots", "widgets", "paper", "robustness",
-         "uap_probe", "pretrain", "mitigation", "train", "robust_transfer"}
+         "pretrain", "mitigation", "train", "robust_transfer"}
 
 
 def module_name(path: Path) -> str:

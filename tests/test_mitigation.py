@@ -95,3 +95,20 @@ def test_steepness_table_scales_with_the_features():
                             device="cpu").set_index("model")
     assert table.loc["2f", "ll"] == pytest.approx(2 * table.loc["f", "ll"], rel=1e-4)
     assert table.loc["f", "ll"] == pytest.approx(4 * 192 * 0.01, rel=1e-4)  # ||W||_1 of a 4 x 192 map
+
+
+def test_table5_verdicts_count_the_papers_targets_and_tally_ours():
+    import pandas as pd
+
+    from nbs_lib.report.paper import table5
+    from nbs_lib.studies.ch06_dm_regularisation import DM, table5_verdicts
+
+    claims = pd.DataFrame({"A": DM, "B": "full", "relation": ["is more robust", "is more robust", "has higher AOI"],
+                           "measure": ["radius", "radius", "AOI"], "dataset": ["alphabet", "digits", "alphabet"],
+                           "verdict": ["reproduced", "no clear difference", "opposite"]})
+    out = table5_verdicts(claims, table5()).set_index("measure")
+    paper = table5().pivot(index="dataset", columns="method", values="aai")
+    wins = int((paper[DM] > paper["full"]).sum())
+    assert out.loc["radius", "paper"] == f"AAI higher on {wins} of 7 targets"
+    assert out.loc["radius", "this book"] == "1 of 2 reproduced (1 no clear difference)"
+    assert out.loc["AOI", "paper"].startswith("AOI higher on ") and out.loc["AOI", "this book"] == "0 of 1 reproduced (1 opposite)"

@@ -203,3 +203,59 @@ def test_robustified_examples_use_the_callers_cache(monkeypatch, tmp_path):
     with pytest.raises(StopIteration):
         ch07.robustified_examples("digits", None, "smoke", cache=cache)
     assert used == [cache]
+
+
+def test_checkpoint_ladder_reads_papermills_string_radii(monkeypatch):
+    import nbs_lib.studies.ch07_robust_transfer as rt
+
+    monkeypatch.setattr(rt, "checkpoint_source", lambda path, spec, arch, name: (path, spec))
+    ladder = rt.checkpoint_ladder({"8": "eps8.ckpt", "0": "eps0.ckpt", "0.5": "eps05.ckpt"})
+    assert ladder == [("eps0.ckpt", None), ("eps05.ckpt", "PGD-3#0.5"), ("eps8.ckpt", "PGD-3#8")]
+    with pytest.raises(ValueError, match="not a number"):
+        rt.checkpoint_ladder({"zero": "a.ckpt", "4": "b.ckpt"})
+    with pytest.raises(ValueError, match="at least two"):
+        rt.checkpoint_ladder({"4": "b.ckpt"})
+
+
+def test_robustified_source_needs_a_recipe_and_the_baseline_gives_one(monkeypatch):
+    import nbs_lib.studies.ch07_robust_transfer as rt
+    from nbs_lib.methods.train.recipes import TrainedModel
+    from nbs_lib.studies.sources import SourceModel
+
+    def source(name, config):
+        return SourceModel(name, None, TrainedModel(None, config, [], 0.0), None, 0.0, 0.0, "PGD-10#4")
+
+    here = source("digits", {"train": {"lr_g": 0.1}})
+    checkpoint = source("imagenet", {"weights": "abc", "arch": "resnet18"})
+    assert rt.robustified_baseline("digits", [here, here], "smoke") is here
+    monkeypatch.setattr(rt, "pretrain_source", lambda src, *args, **kwargs: ("pre-trained here", src))
+    assert rt.robustified_baseline("digits", [checkpoint, checkpoint], "smoke") == ("pre-trained here", "digits")
+    with pytest.raises(ValueError, match="read from a checkpoint"):
+        rt.pretrain_robustified("digits", checkpoint, checkpoint, "smoke")
+
+
+def test_what_reproduced_applies_its_stated_rules():
+    from nbs_lib.report.verdicts import count_verdict
+    from nbs_lib.studies.ch07_robust_transfer import what_reproduced
+
+    assert [count_verdict(2, 2), count_verdict(1, 2), count_verdict(0, 2), count_verdict(0, 0)] == \
+        ["reproduced", "partly", "no", "not testable"]
+    activations = pd.DataFrame({"source_eps": [0, 0, 2, 2, 8, 8], "start_roughness": 0.3,
+                                "final_roughness": [0.40, 0.38, 0.37, 0.35, 0.32, 0.30]})
+    anti_table = pd.DataFrame({"dataset": ["mnist", "digits", "mnist"], "split": ["train", "train", "test"],
+                               "C predicts t %": [96.0, 80.0, 10.0]})
+    rows = []
+    for variant, early, final in (("standard", [0.5, -1.0], [1.0, 1.0]), ("anti-robust", [0.5, 0.5], [-1.0, 0.0])):
+        for mode, e, f in zip(("fixed-feature", "full fine-tuning"), early, final):
+            rows.append({"dataset": "mnist", "variant": variant, "mode": mode, "early rho": e, "final rho": f,
+                         "final eps=0": 50.0, "final eps=8": 15.0})
+    summary = pd.DataFrame(rows)
+    modified = pd.DataFrame({"dataset": "mnist", "mode": "full fine-tuning", "epoch": [1, 1, 2, 2],
+                             "source": ["orig", "robust", "orig", "robust"], "accuracy": [60.0, 70.0, 90.0, 80.0]})
+    out = what_reproduced(activations, anti_table, summary, modified, {"mnist": 10.0}, "orig", "robust")
+    verdicts = dict(zip(out.claim.str[:24], out.verdict))
+    assert out.verdict.tolist() == ["partly", "partly", "reproduced", "partly", "reproduced", "reproduced", "no"]
+    assert out["count"].tolist()[:2] == ["2 of 2", "1 of 2"] and len(verdicts) >= 5
+    harder = what_reproduced(activations.assign(final_roughness=activations.final_roughness - 0.1), anti_table,
+                             summary, modified, {"mnist": 30.0}, "orig", "robust")
+    assert harder.verdict.tolist()[:3] == ["reproduced", "partly", "no"]

@@ -391,3 +391,31 @@ def test_universal_pgd_reference_stays_in_bound_and_drives_to_the_target(squares
     before = targeted_success_rate(model, test.images, None, 0, test.labels, device="cpu")
     after = targeted_success_rate(model, test.images, delta, 0, test.labels, device="cpu")
     assert after > before + 30, (before, after)
+
+
+def test_universal_pgd_and_the_generator_agree_on_a_small_case(squares_model):
+    """At mini universal PGD stands in for the generator: on the squares both reach the target alike."""
+    from nbs_lib.methods.uap import universal_pgd
+    model, train, test = squares_model
+    for p in model.parameters():
+        p.grad = None
+    generator = train_uap(model, train.images, 0, eps=32, steps=40, batch_size=16, lr=2e-3, ngf=16, n_blocks=2,
+                          seed=0, device="cpu", progress=False)
+    direct = universal_pgd(model, train.images, 0, eps=32, steps=40, batch_size=16, device="cpu")
+    rates = [targeted_success_rate(model, test.images, d, 0, test.labels, device="cpu")
+             for d in (generator.delta, direct)]
+    assert abs(rates[0] - rates[1]) <= 15, rates
+
+
+def test_universal_pgd_in_l2_and_untargeted(squares_model):
+    from nbs_lib.methods.uap import fooling_rate, universal_pgd
+    model, train, test = squares_model
+    delta = universal_pgd(model, train.images, 0, eps=3.0, norm="L2", steps=30, batch_size=16, device="cpu")
+    assert delta.flatten().norm() <= 3.0 + 1e-5
+    before = targeted_success_rate(model, test.images, None, 0, test.labels, device="cpu")
+    assert targeted_success_rate(model, test.images, delta, 0, test.labels, device="cpu") > before + 30
+    untargeted = universal_pgd(model, train.images, None, eps=3.0, norm="L2", steps=30, batch_size=16, device="cpu")
+    noise = torch.randn_like(untargeted)
+    noise *= untargeted.flatten().norm() / noise.flatten().norm()
+    assert fooling_rate(model, test.images, untargeted, device="cpu") > fooling_rate(model, test.images, noise,
+                                                                                      device="cpu") + 20

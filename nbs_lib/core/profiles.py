@@ -41,7 +41,8 @@ class Profile:
     datasets: tuple = ("alphabet", "fashion_mnist", "mnist", "digits")
     num_workers: int = 0
     similarity_images: int = 1000  # images the layer-similarity measures (CCA, CKA) are computed on
-    uap_steps: int = 300  # generator updates per universal adversarial perturbation
+    uap_steps: int = 100  # optimisation steps per universal adversarial perturbation (chapter 3)
+    uap_method: str = "universal PGD"  # how chapter 3 makes UAPs: "universal PGD" or "generator" (Poursaeed et al.)
     source_arch: str = "resnet18"  # backbone of the source models pre-trained here (chapters 5-7)
     source_image_size: int = 32  # their image size (and that of the targets fine-tuned from them)
     source_per_class: int = 200  # training images per class of a source dataset
@@ -172,6 +173,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=8,
         similarity_images=5000,
         uap_steps=1000,
+        uap_method="generator",
         source_image_size=224,
         source_per_class=1300,
         source_epochs=90,

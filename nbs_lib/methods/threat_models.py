@@ -58,6 +58,10 @@ class LinfBall:
     def shrink(self, t: torch.Tensor, eps: float) -> torch.Tensor:
         return t * eps  # t is a tanh output in [-1, 1]
 
+    def project_perturbation(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        """``delta`` moved onto the ball of radius ``eps`` around 0 (per sample), in place."""
+        return delta.clamp_(-eps, eps)
+
     def size(self, delta: torch.Tensor) -> torch.Tensor:
         """Per-sample L-inf norm of perturbations ``[N, ...]``."""
         return delta.flatten(1).abs().amax(1)
@@ -94,6 +98,10 @@ class L2Ball:
 
     def shrink(self, t: torch.Tensor, eps: float) -> torch.Tensor:
         return t * torch.clamp(eps / (t.flatten().norm(p=2) + 1e-12), max=1.0)
+
+    def project_perturbation(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        """``delta`` moved onto the ball of radius ``eps`` around 0 (per sample), in place."""
+        return delta.mul_(torch.clamp(eps / (per_sample_l2(delta) + 1e-12), max=1.0))
 
     def size(self, delta: torch.Tensor) -> torch.Tensor:
         """Per-sample L2 norm of perturbations ``[N, ...]``."""

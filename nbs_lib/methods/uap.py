@@ -87,6 +87,8 @@ __all__ = [
     "train_uap",
     "uap_config",
     "uap_cached",
+    "universal_pgd",
+    "universal_pgd_cached",
     "apply_perturbation",
     "predictions",
     "targeted_success_rate",
@@ -104,7 +106,7 @@ __all__ = [
 UAP_CODE_VERSION = 1  # bump when a change to the UAP code must invalidate cached UAPs
 NORMS = tuple(THREAT_MODELS)
 NORM_LAYERS = ("batch", "instance")
-VIEWS = ("grey", "rescaled")
+VIEWS = ("grey", "black", "rescaled")
 
 
 # --------------------------------------------------------------------------- validation
@@ -291,7 +293,7 @@ class UAPResult:
     """
 
     delta: torch.Tensor
-    target: int
+    target: int | None  # None: an untargeted UAP
     eps: float
     norm: str
     history: list[dict] = field(default_factory=list)
@@ -401,35 +403,82 @@ def train_uap(model: nn.Module, images, target: int | str, eps: float = 10.0, no
     return UAPResult(delta=delta, target=target, eps=float(eps), norm=norm, history=history, config=config)
 
 
-def universal_pgd(model: nn.Module, images, target: int | str, eps: float = 10.0, steps: int = 100,
-                  batch_size: int = 32, seed: int = 0, device="auto",
+def universal_pgd(model: nn.Module, images, target: int | str | None, eps: float = 10.0, norm: str = "Linf",
+                  steps: int = 100, batch_size: int = 32, seed: int = 0, device="auto",
                   classes: Sequence[str] | None = None) -> torch.Tensor:
-    """A reference targeted UAP without a generator: signed-gradient descent on one shared delta.
+    """A universal perturbation without a generator: projected gradient steps on one shared delta.
 
-    Each step draws ``batch_size`` images, adds the shared L-inf perturbation, and moves
-    it by ``eps / 10`` against the sign of the gradient of the targeted cross-entropy,
-    then clips it to the eps-ball (the universal-perturbation training of Shafahi et al.
-    2020, "Universal adversarial training"). It is the check that the generator of
-    :func:`train_uap` is not too weak. Returns ``1 x C x H x W`` on the CPU.
+    The universal-perturbation training of Shafahi et al. (2020, "Universal adversarial
+    training"), in either threat model (:mod:`nbs_lib.methods.threat_models`): each step draws
+    ``batch_size`` of ``images``, adds the shared perturbation, moves it by ``eps / 10`` along
+    the threat model's steepest direction (the sign for L-inf, the normalised gradient for L2)
+    and projects it back onto the ``eps``-ball. With a ``target`` it descends the targeted
+    cross-entropy (Figure 4(a)); with ``target=None`` it ascends the squared distance of the
+    logits from the clean logits, the untargeted loss of the authors' released UAP script
+    (Figure 5(b)), from a random point of the ball (the loss is flat at 0). At ``mini`` it is
+    the chapter's UAP method; it also checks that the generator of :func:`train_uap` is not
+    too weak. Returns ``1 x C x H x W`` on the CPU.
     """
     x_all = _images_of(images)
-    eps_pixel = uap_eps(eps, "Linf")
+    ball, eps_pixel = threat_model(norm), uap_eps(eps, norm)
     dev = resolve_device(device)
     model.to(dev)
-    target = _resolve_target(target, _num_classes(model, x_all), classes)
+    if target is not None:
+        target = _resolve_target(target, _num_classes(model, x_all), classes)
     g = torch.Generator().manual_seed(seed)
-    delta = torch.zeros((1, *x_all.shape[1:]), device=dev, requires_grad=True)
+    delta = torch.zeros((1, *x_all.shape[1:]))
+    if target is None:  # the loss is flat at delta = 0: start at a random point of the ball (around mid-grey)
+        grey = torch.full_like(delta, 0.5)
+        delta = ball.random_start(grey, eps_pixel, g) - grey
+    delta = delta.to(dev).requires_grad_(True)
     with frozen_eval(model), torch.enable_grad():
+        clean = None if target is not None else _logits(model, x_all, dev)
         for _ in range(int(steps)):
             idx = torch.randint(0, len(x_all), (min(batch_size, len(x_all)),), generator=g)
-            x = x_all[idx].to(dev)
-            y = torch.full((len(idx),), target, device=dev, dtype=torch.long)
-            loss = F.cross_entropy(model((x + delta).clamp(0, 1)).float(), y)
+            logits = model((x_all[idx].to(dev) + delta).clamp(0, 1)).float()
+            if target is None:
+                loss = -F.mse_loss(logits, clean[idx].to(dev))
+            else:
+                loss = F.cross_entropy(logits, torch.full((len(idx),), target, device=dev, dtype=torch.long))
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
-                delta -= eps_pixel / 10 * grad.sign()
-                delta.clamp_(-eps_pixel, eps_pixel)
+                delta -= eps_pixel / 10 * ball.direction(grad)
+                ball.project_perturbation(delta, eps_pixel)
     return delta.detach().cpu()
+
+
+def _logits(model: nn.Module, images: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(images), batch_size)])
+
+
+UNIVERSAL_PGD_CODE_VERSION = 1
+
+
+def universal_pgd_cached(identity: dict, model: nn.Module, images, target: int | None, eps: float,
+                         norm: str = "Linf", steps: int = 100, batch_size: int = 32, seed: int = 0,
+                         device="auto", sample: dict | None = None, cache: RunCache | None = None) -> UAPResult:
+    """:func:`universal_pgd` through the run cache, as a :class:`UAPResult` (``target`` None: untargeted).
+
+    The key is the model's ``identity`` (a ``TrainedModel.config``, or the backbone and
+    weights of a pre-trained model), the image sample (``sample``, by default a content
+    hash), and every setting of the attack.
+    """
+    cache = cache or RunCache()
+    x_all = _images_of(images)
+    uap_eps(eps, norm)  # fail before touching the cache
+    config = {"method": "universal PGD", "target": None if target is None else int(target), "eps": float(eps),
+              "norm": norm, "steps": int(steps), "batch_size": int(batch_size), "seed": int(seed),
+              "step": "eps/10"}
+    key = {"kind": "universal_pgd", "model": identity,
+           "sample": sample if sample is not None else _sample_identity(x_all), "uap": config}
+
+    def compute() -> dict:
+        return {"delta": universal_pgd(model, x_all, target, eps, norm, steps, batch_size, seed, device)}
+
+    stored = cache.artifact("uaps", key, compute, code_version=UNIVERSAL_PGD_CODE_VERSION)
+    return UAPResult(delta=stored["delta"], target=config["target"], eps=float(eps), norm=norm, config=config)
 
 
 def _sample_identity(images: torch.Tensor) -> dict:
@@ -566,13 +615,16 @@ def perturbation_image(delta: torch.Tensor, view: str = "grey") -> torch.Tensor:
     to its amplitude; what the paper's "UAP alone" is in pixel space, see the module
     docstring). ``"rescaled"``: ``(delta - min) / (max - min)`` over the whole
     perturbation of each image, the contrast-stretched display of Figure 4(a) (a
-    constant perturbation gives mid-grey).
+    constant perturbation gives mid-grey). ``"black"``: ``clamp(delta, 0, 1)``, the
+    perturbation on a zero canvas.
     """
     if view not in VIEWS:
         raise ValueError(f"Unknown view {view!r}; use one of {VIEWS}.")
     delta = delta.detach().float()
     if view == "grey":
         return (0.5 + delta).clamp(0.0, 1.0)
+    if view == "black":
+        return delta.clamp(0.0, 1.0)
     flat = delta.reshape(delta.shape[0], -1) if delta.dim() == 4 else delta.reshape(1, -1)
     lo = flat.min(1, keepdim=True).values
     span = flat.max(1, keepdim=True).values - lo

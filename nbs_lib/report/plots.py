@@ -230,37 +230,80 @@ def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None, y: 
     return fig
 
 
-def uap_grid(uaps: dict, grads: dict, classes, models=("full", "standard")):
-    """Figure 4: per model, its UAP (contrast-stretched) and gradient map for each target."""
+def uap_sweep_grid(uaps: dict, masks: dict, classes, budgets, models=("full", "standard")):
+    """Figure 4(a) over the budget sweep: per model and letter, the letter's glyph, then its UAP
+    (contrast-stretched) at every budget, and the gradient map's place left to :func:`gradient_grid`."""
     from nbs_lib.methods.uap import perturbation_image
 
-    targets = sorted({t for _, t in uaps})
-    fig, axes = plt.subplots(2 * len(models), len(targets), figsize=(1.3 * len(targets), 2.8 * len(models)),
+    letters = sorted({key[1] for key in uaps})
+    rows = [(m, t) for m in models for t in letters]
+    fig, axes = plt.subplots(len(rows), len(budgets) + 1, figsize=(1.25 * (len(budgets) + 1), 1.35 * len(rows)),
                              squeeze=False)
-    for m, name in enumerate(models):
-        for j, target in enumerate(targets):
-            for k, (kind, img) in enumerate((("UAP", perturbation_image(uaps[(name, target)].delta,
-                                                                        "rescaled")[0]),
-                                             ("gradient", grads[(name, target)]["image"]))):
-                ax = axes[2 * m + k, j]
-                ax.imshow(to_numpy_image(img), interpolation="nearest")
-                ax.set_xticks([]), ax.set_yticks([])
-                if m == 0 and k == 0:
-                    ax.set_title(f"target {classes[target]}", fontsize=8)
-                if j == 0:
-                    ax.set_ylabel(f"{MODEL_LABELS.get(name, name)}\n{kind}", fontsize=7)
+    for i, (name, letter) in enumerate(rows):
+        axes[i, 0].imshow(masks[letter].numpy(), cmap="gray_r", interpolation="nearest")
+        axes[i, 0].set_ylabel(f"{MODEL_LABELS.get(name, name)}\n{classes[letter]}", fontsize=9)
+        for j, (norm, eps) in enumerate(budgets, start=1):
+            image = perturbation_image(uaps[(name, letter, norm, eps)].delta, "rescaled")[0]
+            axes[i, j].imshow(to_numpy_image(image), interpolation="nearest")
+            if i == 0:
+                axes[i, j].set_title(f"L2 {eps:g}" if norm == "L2" else f"L-inf {eps:g}", fontsize=9)
+        if i == 0:
+            axes[i, 0].set_title("glyph", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
     return fig
 
 
-def uap_success_curves(curves: dict):
-    """Figure 5(a): success of each model's final UAP against the model along its training."""
-    fig, ax = plt.subplots(figsize=(5.4, 3.2))
-    for name, curve in curves.items():
-        ax.plot(curve.epoch, curve.success, marker="o", markersize=3, color=MODEL_COLORS.get(name),
-                label=MODEL_LABELS.get(name, name))
-    ax.set_xlabel("epoch (0: before the first update)")
-    ax.set_ylabel("targeted success of the final UAP (%)")
+def gradient_grid(grads: dict, classes, models=("full", "standard")):
+    """Figure 4(b): the mean input gradient towards each letter, per model."""
+    letters = sorted({t for _, t in grads})
+    fig, axes = plt.subplots(len(models), len(letters), figsize=(1.6 * len(letters), 1.7 * len(models)),
+                             squeeze=False)
+    for i, name in enumerate(models):
+        for j, letter in enumerate(letters):
+            axes[i, j].imshow(to_numpy_image(grads[(name, letter)]["image"]), interpolation="nearest")
+            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+            if i == 0:
+                axes[i, j].set_title(f"towards {classes[letter]}", fontsize=9)
+        axes[i, 0].set_ylabel(MODEL_LABELS.get(name, name), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def uap_budget_curves(table: pd.DataFrame):
+    """Targeted success (with its 95% interval) against the budget, per threat model, for both models."""
+    norms = list(dict.fromkeys(table["norm"]))
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.6 * len(norms), 3.3), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, norm in zip(axes[0], norms):
+        part = table[table["norm"] == norm]
+        for k, letter in enumerate(dict.fromkeys(part["letter"])):
+            for name in dict.fromkeys(part["model"]):
+                g = part[(part["letter"] == letter) & (part["model"] == name)].sort_values("eps")
+                ax.errorbar(g["eps"], g["success %"], yerr=[g["success %"] - g["success low"],
+                                                           g["success high"] - g["success %"]],
+                            color=MODEL_COLORS.get(name), linestyle=styles[k % len(styles)], marker="o",
+                            markersize=3, capsize=2, label=f"{MODEL_LABELS.get(name, name)}, {letter}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("L2 radius on [0, 1]" if norm == "L2" else "L-inf radius (1/255)")
+        ax.set_ylabel("targeted success (%)")
+        ax.set_ylim(-3, 103)
+        ax.axhline(50, color="grey", linewidth=0.7, linestyle=":")
+    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def uap_success_curves(curve: pd.DataFrame):
+    """Figure 5(a): the final UAP's targeted success along the model's training, its clean accuracy beside it."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.2))
+    ax.plot(curve.epoch, curve.success, marker="o", markersize=3, color=MODEL_COLORS.get("full"),
+            label="targeted success of the final UAP")
+    ax.plot(curve.epoch, curve["clean accuracy"], marker="s", markersize=3, color="0.35", linestyle="--",
+            label="clean test accuracy")
+    ax.set_xlabel("epoch of fine-tuning (first point: after the first update)")
+    ax.set_ylabel("%")
     ax.set_ylim(-3, 103)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -268,15 +311,24 @@ def uap_success_curves(curves: dict):
 
 
 def uap_transfer_bars(transfer: pd.DataFrame):
-    """Figure 5(b): DR of fine-tuned and standard models under the pre-trained model's UAP."""
-    grid = sns.catplot(data=transfer, x="dataset", y="dr", hue="model", col="perturbation", kind="bar",
-                       palette=MODEL_COLORS, height=3.0, aspect=1.2,
-                       hue_order=[m for m in MODEL_ORDER if m in set(transfer["model"])])
-    grid.set_axis_labels("", "DR (%)")
-    for ax in grid.axes.flat:
-        ax.set_ylim(0, 100)
-        ax.tick_params(axis="x", labelsize=8)
-    return grid.figure
+    """Figure 5(b): the fine-tuned-minus-standard DR gap under each perturbation, with its 95% interval."""
+    perturbations = list(dict.fromkeys(transfer["perturbation"]))
+    datasets = list(dict.fromkeys(transfer["dataset"]))
+    fig, ax = plt.subplots(figsize=(7.2, 3.2))
+    width = 0.8 / len(perturbations)
+    colors = ["#4c72b0", "#8172b3", "#b0b0b0", "#55a868"]
+    for k, name in enumerate(perturbations):
+        part = transfer[transfer["perturbation"] == name].set_index("dataset").reindex(datasets)
+        x = np.arange(len(datasets)) + (k - (len(perturbations) - 1) / 2) * width
+        gap = part["DR gap (full - standard)"]
+        ax.bar(x, gap, width, color=colors[k % len(colors)], label=name,
+               yerr=[gap - part["gap low"], part["gap high"] - gap], capsize=2)
+    ax.axhline(0, color="black", linewidth=0.7)
+    ax.set_xticks(np.arange(len(datasets)), datasets, fontsize=8)
+    ax.set_ylabel("DR fine-tuned - DR standard\n(points)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
 
 
 def uap_panel(image: torch.Tensor, uap, alone: dict, gradient: torch.Tensor, perturbed_pred: str,

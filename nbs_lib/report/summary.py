@@ -101,11 +101,38 @@ def chapter5(results_dir=None) -> str:
     return "\n".join(lines)
 
 
+def chapter6(results_dir=None) -> str:
+    """Chapter 6's Table 5 verdicts: DM@stage-1&2 against each method, with the paired difference per target."""
+    verdicts = _read("06_dm_regularisation_verdicts", results_dir)
+    claims = _read("06_dm_regularisation_claims", results_dir)
+    profile = verdicts["profile"].iloc[0]
+    lines = [f"| claim of the paper | measure | paper | this book (`{profile}`) | A - B [interval] per target |",
+             "|---|---|---|---|---|"]
+    for v in verdicts.to_dict("records"):
+        rows = claims[(claims["claim"] == v["claim"]) & (claims["measure"] == v["measure"])]
+        per_target = "; ".join(f"`{r['dataset']}` {_difference(r)}: {r['verdict']}" for r in rows.to_dict("records")
+                               if pd.notna(r["difference"]))
+        lines.append(f"| {v['claim']} | {v['measure']} | {v['paper']} | {v['this book']} | {per_target} |")
+    return "\n".join(lines)
+
+
+def chapter7(results_dir=None) -> str:
+    """Chapter 7's claims of the second work: the rule, our count and the verdict."""
+    claims = _read("07_robust_transfer_claims", results_dir)
+    profile = claims["profile"].iloc[0]
+    lines = [f"| claim of the work | rule | count | verdict (`{profile}`) |", "|---|---|---|---|"]
+    for r in claims.to_dict("records"):
+        lines.append(f"| {r['claim']} | {r['rule']} | {r['count']} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
 SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "
                              "01_robustness_table2_claims.csv"),
             "02": (chapter2, "02_cca_similarity_claims.csv"),
             "04": (chapter4, "04_mmd_vs_dr_claims.csv"),
-            "05": (chapter5, "05_capacity_difficulty_verdicts.csv, 05_capacity_difficulty_claims.csv")}
+            "05": (chapter5, "05_capacity_difficulty_verdicts.csv, 05_capacity_difficulty_claims.csv"),
+            "06": (chapter6, "06_dm_regularisation_verdicts.csv, 06_dm_regularisation_claims.csv"),
+            "07": (chapter7, "07_robust_transfer_claims.csv")}
 
 
 def generated(text: str, name: str) -> str | None:

@@ -50,3 +50,11 @@ def tally(verdicts) -> str:
     others = ", ".join(f"{n} {v}" for v, n in counts.items() if v != "reproduced")
     head = f"{counts.get('reproduced', 0)} of {len(verdicts)} reproduced"
     return f"{head} ({others})" if others else head
+
+
+def count_verdict(agreeing: int, total: int) -> str:
+    """The verdict of a claim counted over curves or targets: every one agrees -> reproduced,
+    some -> partly, none -> no; nothing to count -> not testable (the second work, chapter 7)."""
+    if total == 0:
+        return "not testable"
+    return "reproduced" if agreeing == total else "partly" if agreeing > 0 else "no"

@@ -37,6 +37,7 @@ from nbs_lib.methods.similarity import local_lipschitz
 from nbs_lib.methods.train.recipes import train_model
 from nbs_lib.models.layers import embeddings
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE5_METHODS
+from nbs_lib.report.verdicts import tally
 from nbs_lib.studies.common import attack_sample, evaluate_cached, model_claims, sample_id
 from nbs_lib.studies.sources import SourceModel, target_profile
 
@@ -168,3 +169,21 @@ def table5_claims(per_image: pd.DataFrame, floor: float, best: str = DM) -> pd.D
     """
     others = [m for m in dict.fromkeys(per_image["model"]) if m != best]
     return model_claims(per_image, [(best, m) for m in others], TABLE5_CLAIMS, floor)
+
+
+def table5_verdicts(claims: pd.DataFrame, paper_table5: pd.DataFrame) -> pd.DataFrame:
+    """Per compared method and measure of :func:`table5_claims`: what the paper's Table 5 shows and ours.
+
+    The paper side counts the targets on which its DM@stage-1&2 has the higher AAI (for a
+    robustness claim) or AOI (for the AOI claim) than the other method; ours is the tally of
+    the paired verdicts over our targets (:func:`nbs_lib.report.verdicts.tally`).
+    """
+    wide = paper_table5.pivot(index="dataset", columns="method", values=["aoi", "aai"])
+    rows = []
+    for (a, b, relation, measure), g in claims.groupby(["A", "B", "relation", "measure"], sort=False):
+        column = "aoi" if "AOI" in relation else "aai"
+        wins = int((wide[(column, a)] > wide[(column, b)]).sum())
+        rows.append({"claim": f"{a} {relation} than {b}", "measure": measure,
+                     "paper": f"{column.upper()} higher on {wins} of {len(wide)} targets",
+                     "this book": tally(g["verdict"])})
+    return pd.DataFrame(rows)

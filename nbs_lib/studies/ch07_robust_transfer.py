@@ -58,6 +58,7 @@ from nbs_lib.methods.train.recipes import (
 from nbs_lib.methods.train.terms import config_key
 from nbs_lib.models.registry import load_model
 from nbs_lib.models.split import SplitClassifier
+from nbs_lib.report.verdicts import count_verdict
 from nbs_lib.studies.common import attack_sample, evaluate_cached, sample_id
 from nbs_lib.studies.sources import (
     SourceModel,
@@ -111,6 +112,25 @@ def external_source(path: str | Path, eps: float, arch: str = "resnet18", name: 
     """A rung of the ladder read from a checkpoint file (at ``paper``: Salman et al.'s robust
     ImageNet models, trained at ``eps``); see :func:`nbs_lib.studies.sources.checkpoint_source`."""
     return checkpoint_source(path, ladder_spec(eps), arch, name)
+
+
+def checkpoint_ladder(checkpoints: dict, arch: str = "resnet18", name: str = "imagenet") -> list[SourceModel]:
+    """The ladder read from ``{eps: path}`` checkpoint files, lowest radius first.
+
+    The radii may arrive as strings (papermill writes a dict parameter's keys as text:
+    ``{"0": ..., "4": ...}``); each must read as a number >= 0 in units of 1/255.
+    """
+    ladder = []
+    for eps, path in checkpoints.items():
+        try:
+            radius = float(eps)
+        except (TypeError, ValueError):
+            raise ValueError(f"robust_checkpoints maps a radius in 1/255 to a checkpoint path; {eps!r} is not a "
+                             "number (e.g. {0: 'resnet18_linf_eps0.0.ckpt', 4: 'resnet18_linf_eps4.0.ckpt'}).") from None
+        ladder.append((radius, path))
+    if len(ladder) < 2:
+        raise ValueError("robust_checkpoints needs at least two radii, the standard model (0) among them.")
+    return [external_source(path, radius, arch, name) for radius, path in sorted(ladder)]
 
 
 # ----------------------------------------------------------------------------------
@@ -527,6 +547,19 @@ def robustified_source(source: str, robust: SourceModel, profile="mini", steps: 
     return data, val_set, summary
 
 
+def robustified_baseline(source: str, ladder: list[SourceModel], profile="mini", evaluate_with: str = "PGD-10#4",
+                         seed: int = 0, device="auto", cache: RunCache | None = None,
+                         progress: bool = True) -> SourceModel:
+    """Section 4.3's baseline: the ladder's standard rung when it was pre-trained here on ``source``,
+    else (a ladder of checkpoints) a standard model pre-trained here on ``source``, so that the
+    robustified source and its baseline share data and recipe."""
+    standard = ladder[0]
+    if "train" in standard.trained.config and standard.source == source:
+        return standard
+    return pretrain_source(source, profile, None, evaluate_with=evaluate_with, seed=seed, device=device, cache=cache,
+                           progress=progress)
+
+
 def pretrain_robustified(source: str, standard: SourceModel, robust: SourceModel, profile="mini",
                          steps: int = 100, step_size: float = 1.0, seed: int = 0, device="auto",
                          cache: RunCache | None = None, progress: bool = True) -> tuple[SourceModel, dict]:
@@ -537,6 +570,10 @@ def pretrain_robustified(source: str, standard: SourceModel, robust: SourceModel
     split; it is then evaluated like every source (clean and under ``standard``'s attack
     on the source's test sample).
     """
+    if "train" not in standard.trained.config:
+        raise ValueError(f"The standard source {standard.label!r} was read from a checkpoint, so there is no training "
+                         f"recipe to repeat on the robustified images; pass a standard source pre-trained here on "
+                         f"{source!r} (robustified_baseline gives one).")
     cache = cache or RunCache()
     prof = source_profile(profile)
     data, val_set, summary = robustified_source(source, robust, profile, steps, step_size, seed, device, cache)
@@ -595,3 +632,92 @@ def robustified_examples(source: str, robust: SourceModel, profile="mini", steps
     return [("original", [(original.images[i], original.classes[int(original.labels[i])]) for i in picks]),
             ("seed image", [(seeds[i], "") for i in picks]),
             ("robustified", [(data.images[i], "") for i in picks])]
+
+
+# ----------------------------------------------------------------------------------
+# what reproduced
+# ----------------------------------------------------------------------------------
+
+CONSTRUCTION_SUCCESS = 90.0  # % of images on which C must predict t for the construction to count as made
+
+
+def what_reproduced(activations: pd.DataFrame, anti_table: pd.DataFrame, summary: pd.DataFrame,
+                    modified: pd.DataFrame, chance: dict, original: str, robustified: str) -> pd.DataFrame:
+    """The work's section 4 claims, each with its rule, our numbers and a verdict (:func:`count_verdict`).
+
+    ``activations`` is :func:`visualisation_grid`'s table, ``anti_table`` :func:`anti_robust_table`'s,
+    ``summary`` :func:`curve_summary` of the ladder's curves, ``modified`` the curves of the
+    ``original`` and ``robustified`` sources (labels of their ``source`` column), ``chance``
+    the chance accuracy (%) of each target. One seed: the counts carry no interval.
+    """
+    return pd.DataFrame([_visualisation_claim(activations), _construction_claim(anti_table),
+                         _learnable_claim(summary, chance), *_correlation_claims(summary),
+                         *_robustified_claims(modified, original, robustified)])
+
+
+def _row(claim: str, rule: str, numbers: str, agreeing: int, total: int) -> dict:
+    return {"claim": claim, "rule": rule, "this book": numbers, "count": f"{agreeing} of {total}",
+            "verdict": count_verdict(agreeing, total)}
+
+
+def _visualisation_claim(activations: pd.DataFrame) -> dict:
+    rough = activations.groupby("source_eps").final_roughness.mean().sort_index()
+    start = float(activations.start_roughness.mean())
+    steps = [bool(b < a) for a, b in zip(rough.iloc[:-1], rough.iloc[1:])]
+    numbers = (", ".join(f"{v:.3f} at eps {e:g}" for e, v in rough.items()) + f" (noise start {start:.3f})")
+    verdict = _row("4.1: robustness controls the interpretability of the visualised features",
+                   "the visualisations' roughness falls at every rung (counted), and the most robust one is "
+                   "smoother than the noise it started from", numbers, sum(steps), len(steps))
+    if verdict["verdict"] == "reproduced" and rough.iloc[-1] >= start:
+        verdict["verdict"] = "partly"
+    return verdict
+
+
+def _construction_claim(anti_table: pd.DataFrame) -> dict:
+    train = anti_table[anti_table["split"] == "train"]
+    made = int((train["C predicts t %"] >= CONSTRUCTION_SUCCESS).sum())
+    numbers = ", ".join(f"{d} {s:.0f}%" for d, s in zip(train.dataset, train["C predicts t %"]))
+    return _row("4.2: the anti-robust construction works (C predicts the random target t)",
+                f"C predicts t on at least {CONSTRUCTION_SUCCESS:g}% of a target's training images",
+                numbers, made, len(train))
+
+
+def _learnable_claim(summary: pd.DataFrame, chance: dict) -> dict:
+    anti = summary[(summary.variant == "anti-robust") & (summary["mode"] == "full fine-tuning")]
+    finals = anti.filter(like="final eps=")
+    best = finals.max(axis=1)
+    above = [float(b) > 2 * chance[d] for d, b in zip(anti.dataset, best)]
+    numbers = ", ".join(f"{d} {b:.1f}% (chance {chance[d]:.0f}%)" for d, b in zip(anti.dataset, best))
+    return _row("4.2: the anti-robust labels are learnable (non-robust features carry them)",
+                "full fine-tuning's best final test accuracy on the anti-robust variant is above twice chance",
+                numbers, sum(above), len(above))
+
+
+def _correlation_claims(summary: pd.DataFrame) -> list[dict]:
+    rows = []
+    for variant, column, sign, claim in (
+            ("standard", "early rho", 1, "4.2: on standard targets robustness correlates with accuracy, "
+                                         "especially early"),
+            ("anti-robust", "final rho", -1, "4.2: on anti-robust targets robustness no longer helps")):
+        part = summary[summary.variant == variant]
+        agree = [(rho > 0) if sign > 0 else (rho <= 0) for rho in part[column]]
+        numbers = "; ".join(f"{d} {m}: {rho:+.2f}" for d, m, rho in zip(part.dataset, part["mode"], part[column]))
+        rule = (f"Spearman's rho of the source radius and the {column.split()[0]} test accuracy is "
+                + ("positive" if sign > 0 else "zero or negative") + " (counted over targets and modes)")
+        rows.append(_row(claim, rule, numbers, sum(agree), len(agree)))
+    return rows
+
+
+def _robustified_claims(modified: pd.DataFrame, original: str, robustified: str) -> list[dict]:
+    wide = modified.pivot_table(index=["dataset", "mode", "epoch"], columns="source", values="accuracy")
+    last = int(modified.epoch.max())
+    rows = []
+    for label, epoch in (("first", 1), ("last", last)):
+        at = wide.xs(epoch, level="epoch")
+        ahead = (at[robustified] > at[original]).tolist()
+        numbers = "; ".join(f"{d} {m}: {r:.1f} vs {o:.1f}" for (d, m), r, o in
+                            zip(at.index, at[robustified], at[original]))
+        rows.append(_row(f"4.3: the robustified source transfers better ({label} epoch)",
+                         f"the robustified source's test accuracy after the {label} epoch is above the original "
+                         "source's (counted over targets and modes)", numbers, sum(ahead), len(ahead)))
+    return rows
