@@ -17,9 +17,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nbs_lib"
 LAYERS = ("core", "data", "models", "methods", "report", "studies")
-# Old flat modules kept as thin re-exports for the executed chapters in book/ (see each file).
-SHIMS = {"profiles", "results", "plots", "widgets", "paper", "robustness",
-         "pretrain", "mitigation", "train", "robust_transfer"}
+# Old flat modules kept as thin re-exports for executed chapters in book/ (none left: every
+# chapter is executed on the layered imports; a future rename would list its old name here).
+SHIMS: set[str] = set()
 
 
 def module_name(path: Path) -> str:

@@ -111,4 +111,5 @@ def test_table5_verdicts_count_the_papers_targets_and_tally_ours():
     wins = int((paper[DM] > paper["full"]).sum())
     assert out.loc["radius", "paper"] == f"AAI higher on {wins} of 7 targets"
     assert out.loc["radius", "this book"] == "1 of 2 reproduced (1 no clear difference)"
-    assert out.loc["AOI", "paper"].startswith("AOI higher on ") and out.loc["AOI", "this book"] == "0 of 1 reproduced (1 opposite)"
+    assert out.loc["AOI", "paper"].startswith("AOI higher on ")
+    assert out.loc["AOI", "this book"] == "0 of 1 reproduced (1 opposite)"

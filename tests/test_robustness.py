@@ -168,3 +168,14 @@ def test_curve_radii_reach_below_the_first_rung_to_the_bisections_resolution():
     assert curve_radii(prof) == (0.0, *(0.125 * i / 8 for i in range(1, 8)), 0.125, 0.25, 2.0)
     flat = prof.replace(radius_floor_iterations=0)
     assert radius_floor(flat) == 0.125 and curve_radii(flat) == (0.0, 0.125, 0.25, 2.0)
+
+
+def test_plain_table_prints_small_rates_and_no_index():
+    import pandas as pd
+
+    from nbs_lib.report.tables import plain_table
+    html = plain_table(pd.DataFrame({"source": ["x"], "lr": [0.0005], "acc": [84.0], "n": [3],
+                                     "gap": [float("nan")]}), 2).to_html()
+    assert "5.0e-04" in html and "84.00" in html and "84.000000" not in html  # not "0.00" or six decimals
+    assert ">3<" in html and "nan" not in html
+    assert "row_heading" not in html  # the index column is hidden

@@ -281,8 +281,8 @@ def uap_budget_curves(table: pd.DataFrame):
         for k, letter in enumerate(dict.fromkeys(part["letter"])):
             for name in dict.fromkeys(part["model"]):
                 g = part[(part["letter"] == letter) & (part["model"] == name)].sort_values("eps")
-                ax.errorbar(g["eps"], g["success %"], yerr=[g["success %"] - g["success low"],
-                                                           g["success high"] - g["success %"]],
+                yerr = np.clip([g["success %"] - g["success low"], g["success high"] - g["success %"]], 0, None)
+                ax.errorbar(g["eps"], g["success %"], yerr=yerr,
                             color=MODEL_COLORS.get(name), linestyle=styles[k % len(styles)], marker="o",
                             markersize=3, capsize=2, label=f"{MODEL_LABELS.get(name, name)}, {letter}")
         ax.set_xscale("log", base=2)
@@ -321,8 +321,8 @@ def uap_transfer_bars(transfer: pd.DataFrame):
         part = transfer[transfer["perturbation"] == name].set_index("dataset").reindex(datasets)
         x = np.arange(len(datasets)) + (k - (len(perturbations) - 1) / 2) * width
         gap = part["DR gap (full - standard)"]
-        ax.bar(x, gap, width, color=colors[k % len(colors)], label=name,
-               yerr=[gap - part["gap low"], part["gap high"] - gap], capsize=2)
+        yerr = np.clip([gap - part["gap low"], part["gap high"] - gap], 0, None)
+        ax.bar(x, gap, width, color=colors[k % len(colors)], label=name, yerr=yerr, capsize=2)
     ax.axhline(0, color="black", linewidth=0.7)
     ax.set_xticks(np.arange(len(datasets)), datasets, fontsize=8)
     ax.set_ylabel("DR fine-tuned - DR standard\n(points)")

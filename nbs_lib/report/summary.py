@@ -69,6 +69,16 @@ def chapter2(results_dir=None) -> str:
     return "\n".join(lines)
 
 
+def chapter3(results_dir=None) -> str:
+    """Chapter 3's observations of Figures 4 and 5: the rule, our count and the verdict."""
+    claims = _read("03_uap_claims", results_dir)
+    profile = claims["profile"].iloc[0]
+    lines = [f"| observation of the paper | rule | count | verdict (`{profile}`) |", "|---|---|---|---|"]
+    for r in claims.to_dict("records"):
+        lines.append(f"| {r['observation']} | {r['rule']} | {r['count']} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
 def chapter4(results_dir=None) -> str:
     """Chapter 4's correlations of DR and the radius measures with the MMD, each with its verdict."""
     claims = _read("04_mmd_vs_dr_claims", results_dir)
@@ -129,6 +139,7 @@ def chapter7(results_dir=None) -> str:
 SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "
                              "01_robustness_table2_claims.csv"),
             "02": (chapter2, "02_cca_similarity_claims.csv"),
+            "03": (chapter3, "03_uap_claims.csv"),
             "04": (chapter4, "04_mmd_vs_dr_claims.csv"),
             "05": (chapter5, "05_capacity_difficulty_verdicts.csv, 05_capacity_difficulty_claims.csv"),
             "06": (chapter6, "06_dm_regularisation_verdicts.csv, 06_dm_regularisation_claims.csv"),

@@ -61,6 +61,18 @@ def _styled(frame: pd.DataFrame):
     return frame.style.hide(axis="index")
 
 
+def plain_table(frame: pd.DataFrame, digits: int = 1):
+    """A table as the book prints it: no index column, floats at ``digits`` decimals, and small
+    non-zero floats (learning rates) in short scientific notation rather than rounded to 0."""
+    def number(value):
+        if pd.isna(value):
+            return ""
+        return f"{value:.1e}" if value != 0 and abs(value) < 10 ** -digits else f"{value:.{digits}f}"
+
+    floats = list(frame.select_dtypes("float").columns)
+    return frame.style.hide(axis="index").format(number, subset=floats)
+
+
 def interval_view(table: pd.DataFrame, attack: str = TABLE1_ATTACK):
     """Table 1 per training seed: AOI, AAI and DR, each with its 95% interval in brackets."""
     sub = table[table["attack"] == attack]

@@ -541,7 +541,8 @@ def _alone(table: pd.DataFrame) -> dict:
     full = table[table["model"] == "full"]
     agree = (full["alone (grey) prediction"] == full["letter"]).tolist()
     numbers = "; ".join(f"{r['letter']} {r['budget']}: {r['alone (grey) prediction']} "
-                        f"({r['alone (grey) target confidence %']:.0f}% on the letter)" for r in full.to_dict("records"))
+                        f"({r['alone (grey) target confidence %']:.0f}% on the letter)"
+                        for r in full.to_dict("records"))
     return _row("the fine-tuned model recognises its UAP alone as the letter",
                 "on a grey canvas, the fine-tuned model predicts the UAP's letter (per letter and budget)",
                 sum(agree), len(agree), numbers)

@@ -126,7 +126,8 @@ def checkpoint_ladder(checkpoints: dict, arch: str = "resnet18", name: str = "im
             radius = float(eps)
         except (TypeError, ValueError):
             raise ValueError(f"robust_checkpoints maps a radius in 1/255 to a checkpoint path; {eps!r} is not a "
-                             "number (e.g. {0: 'resnet18_linf_eps0.0.ckpt', 4: 'resnet18_linf_eps4.0.ckpt'}).") from None
+                             "number (e.g. {0: 'resnet18_linf_eps0.0.ckpt', 4: 'resnet18_linf_eps4.0.ckpt'})."
+                             ) from None
         ladder.append((radius, path))
     if len(ladder) < 2:
         raise ValueError("robust_checkpoints needs at least two radii, the standard model (0) among them.")
