@@ -110,6 +110,12 @@ def test_the_transplanted_model_has_imagenet_f_and_the_fine_tuned_g(smoke_models
     for name, value in transplanted.features.state_dict().items():
         if value.dtype.is_floating_point and "running" not in name:
             assert torch.equal(value, partial_f[name]), name
+    from nbs_lib.methods.uap import UAPResult
+    test_x, test_y, _ = attack_sample("digits", prof, 0)
+    rows = transplant_success(UAPResult(torch.zeros(1, *test_x.shape[1:]), 0, 1.0, "L2"), models, prof.arch,
+                              test_x, test_y, device="cpu")
+    assert ((rows["success low"] <= rows["success %"]) & (rows["success %"] <= rows["success high"])).all()
+    assert rows["success high"].max() <= 100 and rows["clean accuracy %"].between(0, 100).all()
 
 
 @pytest.mark.slow

@@ -242,7 +242,7 @@ def sweep_table(models: dict[str, TrainedModel], uaps: dict, test_images, test_l
         noise = norm_matched_noise(uap.delta.shape, norm, eps, seed)
         rows.append({
             "model": name, "letter": classes[letter], "norm": norm, "eps": eps, "budget": budget_label(norm, eps),
-            "n": len(hit), "success %": 100 * hit.mean(), "success low": 100 * low, "success high": 100 * high,
+            "n": len(hit), "success %": 100 * hit.mean(), "success low": low, "success high": high,
             "success_no_uap %": 100 * _hits(model, others, None, letter, device).mean(),
             **alone(model, uap.delta, classes, letter, "grey", device),
             **alone(model, uap.delta, classes, letter, "black", device),
@@ -329,7 +329,7 @@ def transplant_success(uap: UAPResult, models: dict[str, TrainedModel], arch: st
         clean = (predictions(model, test_images, None, device=device) == test_labels).numpy()
         low, high = wilson_interval(int(hit.sum()), len(hit))
         rows.append({"model": name, "clean accuracy %": 100 * clean.mean(), "n": len(hit),
-                     "success %": 100 * hit.mean(), "success low": 100 * low, "success high": 100 * high})
+                     "success %": 100 * hit.mean(), "success low": low, "success high": high})
     return pd.DataFrame(rows)
 
 
