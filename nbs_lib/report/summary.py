@@ -36,9 +36,13 @@ def _difference(row) -> str:
 
 def chapter1(results_dir=None) -> str:
     """Chapter 1's verdicts: each claim with the paper's count and ours, and each target's difference."""
-    verdicts = _read("01_robustness_verdicts", results_dir)
     claims = pd.concat([_read("01_robustness_claims", results_dir),
                         _read("01_robustness_table2_claims", results_dir)], ignore_index=True)
+    return _verdicts_with_differences(_read("01_robustness_verdicts", results_dir), claims)
+
+
+def _verdicts_with_differences(verdicts: pd.DataFrame, claims: pd.DataFrame) -> str:
+    """A verdicts table (claim, measure, paper, this book) with each claim's paired difference per target."""
     profile = verdicts["profile"].iloc[0]
     lines = [f"| claim of the paper | measure | paper | this book (`{profile}`) "
              "| A - B [interval] per target |", "|---|---|---|---|---|"]
@@ -71,11 +75,15 @@ def chapter2(results_dir=None) -> str:
 
 def chapter3(results_dir=None) -> str:
     """Chapter 3's observations of Figures 4 and 5: the rule, our count and the verdict."""
-    claims = _read("03_uap_claims", results_dir)
+    return _rule_table(_read("03_uap_claims", results_dir), "observation", "observation of the paper")
+
+
+def _rule_table(claims: pd.DataFrame, first: str, title: str) -> str:
+    """Claims decided by a stated rule: the claim (column ``first``, headed ``title``), rule, count, verdict."""
     profile = claims["profile"].iloc[0]
-    lines = [f"| observation of the paper | rule | count | verdict (`{profile}`) |", "|---|---|---|---|"]
+    lines = [f"| {title} | rule | count | verdict (`{profile}`) |", "|---|---|---|---|"]
     for r in claims.to_dict("records"):
-        lines.append(f"| {r['observation']} | {r['rule']} | {r['count']} | {r['verdict']} |")
+        lines.append(f"| {r[first]} | {r['rule']} | {r['count']} | {r['verdict']} |")
     return "\n".join(lines)
 
 
@@ -113,27 +121,13 @@ def chapter5(results_dir=None) -> str:
 
 def chapter6(results_dir=None) -> str:
     """Chapter 6's Table 5 verdicts: DM@stage-1&2 against each method, with the paired difference per target."""
-    verdicts = _read("06_dm_regularisation_verdicts", results_dir)
-    claims = _read("06_dm_regularisation_claims", results_dir)
-    profile = verdicts["profile"].iloc[0]
-    lines = [f"| claim of the paper | measure | paper | this book (`{profile}`) | A - B [interval] per target |",
-             "|---|---|---|---|---|"]
-    for v in verdicts.to_dict("records"):
-        rows = claims[(claims["claim"] == v["claim"]) & (claims["measure"] == v["measure"])]
-        per_target = "; ".join(f"`{r['dataset']}` {_difference(r)}: {r['verdict']}" for r in rows.to_dict("records")
-                               if pd.notna(r["difference"]))
-        lines.append(f"| {v['claim']} | {v['measure']} | {v['paper']} | {v['this book']} | {per_target} |")
-    return "\n".join(lines)
+    return _verdicts_with_differences(_read("06_dm_regularisation_verdicts", results_dir),
+                                      _read("06_dm_regularisation_claims", results_dir))
 
 
 def chapter7(results_dir=None) -> str:
     """Chapter 7's claims of the second work: the rule, our count and the verdict."""
-    claims = _read("07_robust_transfer_claims", results_dir)
-    profile = claims["profile"].iloc[0]
-    lines = [f"| claim of the work | rule | count | verdict (`{profile}`) |", "|---|---|---|---|"]
-    for r in claims.to_dict("records"):
-        lines.append(f"| {r['claim']} | {r['rule']} | {r['count']} | {r['verdict']} |")
-    return "\n".join(lines)
+    return _rule_table(_read("07_robust_transfer_claims", results_dir), "claim", "claim of the work")
 
 
 SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "
