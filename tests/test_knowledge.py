@@ -8,6 +8,7 @@ from nbs_lib.core.runs import RunCache
 from nbs_lib.models.registry import load_model
 from nbs_lib.studies.ch02_cca_similarity import (
     CHANCE,
+    MEASURES,
     PAIRS,
     compare_models,
     figure3_table,
@@ -55,7 +56,12 @@ def test_study_on_trained_models_and_its_cache(tmp_path):
     cache = RunCache(tmp_path)
     kwargs = dict(datasets=["digits"], profile="smoke", device="cpu", cache=cache, progress=False)
     frame = similarity_study(**kwargs)
-    assert set(frame.layers) == {"bottom", "all"} and set(frame.reduction) == {"positions", "pool"}
+    assert set(frame.layers) == {"bottom", "stage2", "stage3", "stage4", "stages", "all"}
+    assert set(frame.reduction) == {"positions", "pool"} and set(frame.measure) == set(MEASURES)
+    per_stage = frame[frame.layers.isin(["bottom", "stage2", "stage3", "stage4"])]
+    means = per_stage.groupby(["pair", "measure", "reduction"]).similarity.mean()
+    stored = frame[frame.layers == "stages"].set_index(["pair", "measure", "reduction"]).similarity
+    pd.testing.assert_series_equal(stored.sort_index(), means.sort_index(), check_names=False)
     cka = frame[frame.measure == "cka"].similarity
     assert ((cka >= 0) & (cka <= 100)).all()
     again = similarity_study(**kwargs)
@@ -79,7 +85,7 @@ def test_claims_count_only_datasets_with_values():
     assert col["ft closer to pt than to st (bottom)"] == "1 of 2 datasets"
     assert col["ft closer to pt than to st (all)"] == "1 of 1 datasets"
     assert col["ft-st: bottom more alike than all"] == "1 of 1 datasets"
-    assert table["verdict"].tolist() == ["no", "reproduced", "reproduced"]
+    assert table["verdict"].tolist() == ["no", "reproduced", "untested", "reproduced"]
 
 
 @pytest.mark.parametrize("counts, verdict", [

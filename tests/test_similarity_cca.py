@@ -6,6 +6,7 @@ from nbs_lib.methods.similarity import (
     UndefinedCCA,
     canonical_correlations,
     cca_similarity,
+    debiased_linear_cka,
     linear_cka,
 )
 from nbs_lib.methods.similarity.cca import svd_reduce
@@ -127,3 +128,32 @@ def test_clear_errors():
         cca_similarity(np.ones((50, 3)), y[:50, :3])
     with pytest.raises(ValueError, match="keep"):
         cca_similarity(x, y, keep=1.5)
+
+
+def _unbiased_hsic_by_gram_matrices(x, y):
+    """Song et al.'s unbiased HSIC from explicit n x n linear kernels (the textbook formula)."""
+    n = len(x)
+    k, l_ = x @ x.T, y @ y.T
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l_, 0.0)
+    one = np.ones(n)
+    return (np.trace(k @ l_) + (one @ k @ one) * (one @ l_ @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * one @ k @ l_ @ one) / (n * (n - 3))
+
+
+def test_debiased_cka_equals_the_gram_matrix_formula():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 9))
+    y[:, 0] += 2.0 * x[:, 0]
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = _unbiased_hsic_by_gram_matrices(xc, yc) / np.sqrt(
+        _unbiased_hsic_by_gram_matrices(xc, xc) * _unbiased_hsic_by_gram_matrices(yc, yc))
+    assert debiased_linear_cka(x, y) == pytest.approx(expected, rel=1e-9)
+
+
+def test_debiased_cka_of_unrelated_wide_layers_is_near_zero_where_biased_cka_is_not():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(150, 300)), rng.normal(size=(150, 300))  # n smaller than d
+    assert linear_cka(x, y) > 0.5  # the bias the debiased estimator removes
+    assert abs(debiased_linear_cka(x, y)) < 0.05
+    assert debiased_linear_cka(x, x) == pytest.approx(1.0)

@@ -161,12 +161,12 @@ def _alphabet_item(seed: int, split: str, size: int, i: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=4)
-def _alphabet_array(seed: int, split: str, per_class: int, size: int) -> np.ndarray:
-    """All ``26 * per_class`` images of a split, letters interleaved, cached."""
+def _alphabet_array(seed: int, split: str, per_class: int, size: int, first: int = 0) -> np.ndarray:
+    """Images ``first .. first + per_class - 1`` of every letter of a split, letters interleaved, cached."""
     n_letters = len(LETTERS)
     out = np.empty((n_letters * per_class, size, size), dtype=np.float32)
     for i in range(len(out)):
-        c, k = i % n_letters, i // n_letters
+        c, k = i % n_letters, first + i // n_letters
         out[i] = render_letter(c, size, _alphabet_rng(seed, split, c, k))
     out.setflags(write=False)
     return out
@@ -185,5 +185,17 @@ def _load_alphabet(split: str, per_class: int, size: int, seed: int) -> LabeledI
         return LabeledImages("alphabet", split, LETTERS, labels, images=images)
     fetch = functools.partial(_alphabet_item, seed, split, size)
     return LabeledImages("alphabet", split, LETTERS, labels, fetch=fetch)
+
+
+def fresh_alphabet(n: int, first: int, size: int, seed: int) -> LabeledImages:
+    """``n`` new training images, letters interleaved, from image ``first`` of every letter on.
+
+    The training stream is endless, so an epoch can draw images no earlier epoch (and
+    no split of the first ``first`` images, such as the validation split) has seen.
+    """
+    per_class = -(-n // len(LETTERS))
+    array = _alphabet_array(seed, "train", per_class, size, first)[:n]
+    labels = torch.arange(n) % len(LETTERS)
+    return LabeledImages("alphabet", "train", LETTERS, labels, images=to_float_rgb(array, size))
 
 

@@ -43,7 +43,7 @@ import torch
 
 from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.data import generators as synthetic
-from nbs_lib.data.alphabet import _load_alphabet
+from nbs_lib.data.alphabet import LETTERS, _load_alphabet, fresh_alphabet
 from nbs_lib.data.images import (
     VARIANTS,
     LabeledImages,
@@ -124,6 +124,33 @@ def load_dataset(
     # With `natural_sets_whole` (paper) the natural-image sets are used whole, as in the paper.
     cap = None if prof.natural_sets_whole else per_class
     return _load_torchvision(name, split, prof.image_size, data_root(root), download, cap, seed)
+
+
+FRESH_SAMPLE_DATASETS = ("alphabet",)  # generated sets that can draw new training images every epoch
+
+
+def require_fresh_samples(name: str) -> None:
+    """Raise, naming the fix, unless ``name`` can draw new training images every epoch."""
+    if name not in FRESH_SAMPLE_DATASETS:
+        raise ValueError(f"Fresh training images per epoch exist for {list(FRESH_SAMPLE_DATASETS)} only "
+                         f"(generated without end); {name!r} is a fixed set. Remove it from the profile's "
+                         "fresh_samples.")
+
+
+def fresh_training_images(name: str, epoch: int, n: int, profile: str | Profile = "mini",
+                          seed: int = 0) -> LabeledImages:
+    """Epoch ``epoch``'s (>= 1) ``n`` new training images of a generated dataset.
+
+    They come after the ``train_per_class`` images of every class that
+    :func:`load_dataset` holds (so never an image of its validation split), one block of
+    ``n`` per epoch: deterministic by seed, epoch and ``n``, and no epoch repeats another's.
+    """
+    require_fresh_samples(name)
+    if epoch < 1:
+        raise ValueError(f"epoch {epoch}: the first epoch (0) trains on the dataset itself.")
+    prof = get_profile(profile)
+    per_class = -(-n // len(LETTERS))
+    return fresh_alphabet(n, prof.train_per_class + (epoch - 1) * per_class, prof.image_size, seed)
 
 
 def _variant(ds: LabeledImages, variant: str, name: str) -> LabeledImages:

@@ -5,7 +5,8 @@ output of bottom-layer feature (only conv2_x) and the output of total feature
 extractor (considering features of all 4 layers)". Every backbone here exposes the
 four stages of f (:meth:`nbs_lib.models.split.FeatureExtractor.stage_outputs`; for ResNets
 conv2_x ... conv5_x). ``LAYER_SETS`` names the two choices: ``bottom`` is stage 1,
-``all`` is the four stages side by side.
+``all`` is the four stages side by side; ``stage2`` to ``stage4`` are the other stages
+one by one (for similarities computed per stage and then averaged).
 
 A convolutional map (n x c x h x w) becomes a matrix in one of two ways:
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from nbs_lib.core.device import frozen_eval, resolve_device
 
-LAYER_SETS = {"bottom": (0,), "all": (0, 1, 2, 3)}
+LAYER_SETS = {"bottom": (0,), "stage2": (1,), "stage3": (2,), "stage4": (3,), "all": (0, 1, 2, 3)}
 MODES = ("pool", "positions")
 
 

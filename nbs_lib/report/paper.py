@@ -68,6 +68,7 @@ def table2() -> pd.DataFrame:
 FIGURE3_CLAIMS = {
     "ft closer to pt than to st (bottom)": "most of the examined datasets",
     "ft closer to pt than to st (all)": "most of the examined datasets",
+    "ft closer to pt than to st (per-stage mean)": "not reported (bottom and all layers only)",
     "ft-st: bottom more alike than all": "yes (bottom layers share edges and simple textures)",
 }
 

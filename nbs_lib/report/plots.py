@@ -10,9 +10,10 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-MODEL_ORDER = ["standard", "partial", "full"]
-MODEL_LABELS = {"standard": "standard", "partial": "partial fine-tune", "full": "full fine-tune"}
-MODEL_COLORS = {"standard": "#4c72b0", "partial": "#dd8452", "full": "#c44e52"}
+MODEL_ORDER = ["standard", "partial", "partial_bn", "full"]
+MODEL_LABELS = {"standard": "standard", "partial": "partial fine-tune", "partial_bn": "partial, target BN",
+                "full": "full fine-tune"}
+MODEL_COLORS = {"standard": "#4c72b0", "partial": "#dd8452", "partial_bn": "#8172b3", "full": "#c44e52"}
 
 
 def to_numpy_image(x: torch.Tensor) -> np.ndarray:
@@ -96,8 +97,10 @@ def robust_accuracy_curves(curves: pd.DataFrame, max_eps: float = 4.0):
     every model of the book is near zero; the dotted line marks Table 1's 0.5/255.
     """
     shown = curves[curves["eps"] <= max_eps]
+    n_panels = shown["dataset"].nunique()
     grid = sns.relplot(data=shown, x="eps", y="accuracy", hue="model", col="dataset", kind="line",
-                       errorbar=("pi", 100), height=2.7, aspect=1.05, drawstyle="steps-post",
+                       errorbar=("pi", 100), height=2.9, aspect=1.35, drawstyle="steps-post",
+                       col_wrap=2 if n_panels > 2 else None,
                        hue_order=[m for m in MODEL_ORDER if m in set(shown["model"])],
                        palette=MODEL_COLORS, facet_kws={"sharex": True})
     grid.set_axis_labels("radius (x 1/255, L-inf)", "robust accuracy (%)")
@@ -105,8 +108,50 @@ def robust_accuracy_curves(curves: pd.DataFrame, max_eps: float = 4.0):
     for ax in grid.axes.flat:
         ax.set_ylim(-3, 103)
         ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
-    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.45, 0.0), ncol=3, title=None, frameon=False)
+    _model_legend(grid)
     return grid.figure
+
+
+def _model_legend(grid) -> None:
+    """The models' legend under the panels, in the book's words."""
+    for text in grid.legend.texts:
+        text.set_text(MODEL_LABELS.get(text.get_text(), text.get_text()))
+    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, title=None, frameon=False)
+
+
+def decline_ratio_bars(table: pd.DataFrame, attack: str):
+    """DR under ``attack`` per target and model with its 95% interval, grouped as the paper's Table 1.
+
+    One group of bars per dataset (the paper's columns), one bar per model (its rows);
+    ``table`` holds ``dr``, ``dr_ci_low`` and ``dr_ci_high`` per training seed. A bar is
+    the first seed's DR with its interval (a bootstrap over images), a dot each other seed's DR.
+    """
+    sub = table[table["attack"] == attack]
+    first_seed = sub["seed"].min()
+    first = sub[sub["seed"] == first_seed].set_index(["dataset", "model"])
+    others = sub[sub["seed"] != first_seed]
+    datasets = list(dict.fromkeys(sub["dataset"]))
+    models = [m for m in MODEL_ORDER if m in set(sub["model"])]
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    for k, model in enumerate(models):
+        x = np.arange(len(datasets)) + (k - (len(models) - 1) / 2) * width
+        values = np.array([first["dr"].get((d, model), np.nan) for d in datasets])
+        low = np.array([first["dr_ci_low"].get((d, model), np.nan) for d in datasets])
+        high = np.array([first["dr_ci_high"].get((d, model), np.nan) for d in datasets])
+        ax.bar(x, values, width, color=MODEL_COLORS.get(model), label=MODEL_LABELS.get(model, model))
+        ax.errorbar(x, values, yerr=[np.clip(values - low, 0, None), np.clip(high - values, 0, None)],
+                    fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        seeds = others[others["model"] == model]
+        ax.plot([x[datasets.index(d)] for d in seeds["dataset"]], seeds["dr"], "o", color="black",
+                markersize=2.5, label="other training seeds" if k == 0 and len(seeds) else None)
+    ax.set_xticks(np.arange(len(datasets)), datasets)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel(f"DR under {attack} (%)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(models) + 1, frameon=False,
+              fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def claims_forest(claims: pd.DataFrame, measure: str):
@@ -168,16 +213,19 @@ PAIR_LABELS = {"ft-pt": "fine-tuned vs pre-trained", "ft-st": "fine-tuned vs sta
 
 
 def similarity_bars(frame: pd.DataFrame, measure: str = "cca", reduction: str = "positions"):
-    """Grouped bars per dataset, one panel per layer set (paper Figure 3 (a) and (b)).
+    """Grouped bars per dataset, one panel per layer set (paper Figure 3 (a) and (b), and the stage mean).
 
     ``frame`` is :func:`nbs_lib.studies.ch02_cca_similarity.similarity_study`'s output; the chance level
-    (ft against st on shuffled images) is drawn as a black tick over each group.
+    (ft against st on shuffled images) is drawn as a dashed tick over each group, and the
+    legend sits under the panels.
     """
     sel = frame[(frame.measure == measure) & (frame.reduction == reduction)]
     datasets = list(dict.fromkeys(sel.dataset))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.1), sharey=True)
+    panels = [(layers, title) for layers, title in (("bottom", "(a) bottom layer"), ("stages", "mean of the 4 stages"),
+                                                    ("all", "(b) all layers")) if layers in set(sel.layers)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), sharey=True, squeeze=False)
     width = 0.26
-    for ax, layers, title in zip(axes, ("bottom", "all"), ("(a) bottom layer", "(b) all layers")):
+    for ax, (layers, title) in zip(axes[0], panels):
         part = sel[sel.layers == layers].set_index(["dataset", "pair"]).similarity
         for j, pair in enumerate(PAIR_COLORS):
             values = [part.get((d, pair), np.nan) for d in datasets]
@@ -186,12 +234,13 @@ def similarity_bars(frame: pd.DataFrame, measure: str = "cca", reduction: str = 
         chance = [part.get((d, "chance"), np.nan) for d in datasets]
         ax.hlines(chance, np.arange(len(datasets)) - 1.5 * width, np.arange(len(datasets)) + 1.5 * width,
                   colors="black", linestyles="dashed", linewidth=1, label="chance (shuffled images)")
-        ax.set_xticks(np.arange(len(datasets)), datasets, fontsize=8)
-        ax.set_title(f"{title}: {measure.upper()}, {reduction}", fontsize=9)
+        ax.set_xticks(np.arange(len(datasets)), datasets, fontsize=8, rotation=20)
+        ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 100)
-    axes[0].set_ylabel("similarity (0-100)")
-    axes[1].legend(fontsize=7, loc="upper right", framealpha=0.9)
-    fig.tight_layout()
+    axes[0, 0].set_ylabel(f"{measure.upper()} similarity, {reduction} (0-100)", fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 

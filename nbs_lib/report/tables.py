@@ -22,7 +22,7 @@ def paper_layout(table: pd.DataFrame, attack: str = TABLE1_ATTACK, values=("aoi"
     sub = table[table["attack"] == attack]
     long = sub.melt(id_vars=["dataset", "model"], value_vars=list(values), var_name="metric")
     wide = long.pivot_table(index=["model", "metric"], columns="dataset", values="value", sort=False)
-    order = [m for m in ("standard", "partial", "full") if m in set(sub["model"])]
+    order = [m for m in ("standard", "partial", "partial_bn", "full") if m in set(sub["model"])]
     wide = wide.reindex(pd.MultiIndex.from_product([order, list(values)], names=["model", "metric"]))
     wide.columns.name = None
     return wide.round(2)

@@ -8,6 +8,11 @@ protocol through the run cache. Their f is compared on the same images by SVCCA
 (:func:`nbs_lib.methods.similarity.cca_similarity`) and by linear CKA, on the bottom stage
 and on all four stages (:mod:`nbs_lib.models.layers`), scaled to [0, 100].
 
+SVCCA is computed with the paper's 99% of variance kept (``cca``) and with the 98% of
+the authors' code (``cca98``); linear CKA biased (``cka``, Kornblith et al.'s usual
+estimate) and debiased (``cka_debiased``). Besides bottom and all layers, every stage is
+compared on its own and the four stage similarities are averaged (``stages``).
+
 Besides the paper's three pairs, ``chance`` compares ft with st on *shuffled* images
 (rows of one model permuted image by image): the value two unrelated representations
 of the same size reach by chance, since a mean canonical correlation is biased
@@ -25,7 +30,7 @@ from tqdm.auto import tqdm
 from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache
 from nbs_lib.data.registry import balanced_sample
-from nbs_lib.methods.similarity import UndefinedCCA, cca_similarity, linear_cka
+from nbs_lib.methods.similarity import UndefinedCCA, cca_similarity, debiased_linear_cka, linear_cka
 from nbs_lib.methods.train.recipes import weights_id
 from nbs_lib.models.layers import LAYER_SETS, layer_matrices
 from nbs_lib.models.registry import load_model
@@ -34,8 +39,14 @@ from nbs_lib.studies.common import sample_id, train_three
 PAIRS = {"ft-pt": ("full", "pretrained"), "ft-st": ("full", "standard"),
          "pt-st": ("pretrained", "standard")}
 CHANCE = "chance"
-MEASURES = ("cca", "cka")
-KNOWLEDGE_CODE_VERSION = 1
+MEASURES = ("cca", "cca98", "cka", "cka_debiased")
+VERDICT_MEASURES = ("cca", "cka")  # the measures whose counts make a claim's verdict
+MEASURE_NAMES = {"cca": "SVCCA (99% variance)", "cca98": "SVCCA (98% variance)", "cka": "linear CKA",
+                 "cka_debiased": "debiased linear CKA"}
+STAGES = ("bottom", "stage2", "stage3", "stage4")
+STAGE_MEAN = "stages"  # the mean of the four stages' similarities
+FIGURE_LAYERS = ("bottom", STAGE_MEAN, "all")
+KNOWLEDGE_CODE_VERSION = 2  # 2: per-stage similarities, SVCCA at 98% and debiased CKA
 COLUMNS = ["dataset", "pair", "layers", "measure", "reduction", "similarity", "n_rows", "dims", "note"]
 
 
@@ -69,9 +80,11 @@ def measure_similarity(measure: str, a: torch.Tensor, b: torch.Tensor) -> tuple[
     """
     if measure == "cka":
         return 100.0 * linear_cka(a, b), ""
-    if measure == "cca":
+    if measure == "cka_debiased":
+        return 100.0 * debiased_linear_cka(a, b), ""
+    if measure in ("cca", "cca98"):
         try:
-            return 100.0 * cca_similarity(a, b), ""
+            return 100.0 * cca_similarity(a, b, keep=0.99 if measure == "cca" else 0.98), ""
         except UndefinedCCA as err:
             return math.nan, str(err).split(" is trivially")[0] + " is trivially 1"
     raise ValueError(f"Unknown measure {measure!r}; use one of {MEASURES}.")
@@ -86,7 +99,11 @@ def shuffle_images(matrix: torch.Tensor, n_images: int, seed: int) -> torch.Tens
 def compare_models(models: dict[str, torch.nn.Module], images: torch.Tensor, modes=("positions", "pool"),
                    measures=MEASURES, max_positions: int | None = 256, seed: int = 0,
                    device="auto") -> list[dict]:
-    """Every pair of :data:`PAIRS` plus :data:`CHANCE`, on both layer sets, in every mode and measure."""
+    """Every pair of :data:`PAIRS` plus :data:`CHANCE`, on every layer set, in every mode and measure.
+
+    Rows with ``layers`` :data:`STAGE_MEAN` hold the mean over the four stages (NaN when a
+    stage's value is undefined).
+    """
     rows = []
     per_model = {name: layer_matrices(model, images, tuple(LAYER_SETS), modes, max_positions, seed, device)
                  for name, model in models.items()}
@@ -102,7 +119,20 @@ def compare_models(models: dict[str, torch.nn.Module], images: torch.Tensor, mod
                     rows.append({"pair": pair, "layers": layers, "measure": measure, "reduction": mode,
                                  "similarity": value, "n_rows": a.shape[0],
                                  "dims": max(a.shape[1], b.shape[1]), "note": note})
-    return rows
+    return rows + stage_means(rows)
+
+
+def stage_means(rows: list[dict]) -> list[dict]:
+    """Per pair, measure and reduction: the mean similarity over the four stages (:data:`STAGES`)."""
+    frame = pd.DataFrame(rows)
+    frame = frame[frame["layers"].isin(STAGES)]
+    out = []
+    for (pair, measure, mode), g in frame.groupby(["pair", "measure", "reduction"], sort=False):
+        notes = "; ".join(n for n in g["note"] if n)
+        out.append({"pair": pair, "layers": STAGE_MEAN, "measure": measure, "reduction": mode,
+                    "similarity": float(g["similarity"].mean(skipna=False)), "n_rows": int(g["n_rows"].max()),
+                    "dims": int(g["dims"].max()), "note": notes})
+    return out
 
 
 def similarity_study(datasets, profile: str | Profile = "mini", arch: str | None = None,
@@ -140,7 +170,7 @@ def figure3_table(frame: pd.DataFrame, measure: str = "cca", reduction: str = "p
     sel = frame[(frame.measure == measure) & (frame.reduction == reduction)]
     table = sel.pivot(index="dataset", columns=["layers", "pair"], values="similarity")
     table = table.reindex(list(dict.fromkeys(sel.dataset)))
-    order = [(layers, pair) for layers in LAYER_SETS for pair in [*PAIRS, CHANCE]
+    order = [(layers, pair) for layers in FIGURE_LAYERS for pair in [*PAIRS, CHANCE]
              if (layers, pair) in table.columns]
     return table[order].round(1)
 
@@ -149,7 +179,8 @@ def knowledge_observations(frame: pd.DataFrame, measure: str = "cca",
                            reduction: str = "positions") -> pd.DataFrame:
     """The paper's two claims, checked per dataset.
 
-    1. ft is more similar to pt than to st (``ft-pt > ft-st``), on bottom and on all layers.
+    1. ft is more similar to pt than to st (``ft-pt > ft-st``), on bottom and on all layers
+       (and on the per-stage mean).
     2. ft and st are more alike on the bottom layer than on all layers.
     Each claim is also checked against the chance level, so a difference between two
     values that are both at chance does not count as support. A comparison with a
@@ -163,7 +194,7 @@ def knowledge_observations(frame: pd.DataFrame, measure: str = "cca",
     out = []
     for dataset, row in t.iterrows():
         entry = {"dataset": dataset}
-        for layers in LAYER_SETS:
+        for layers in FIGURE_LAYERS:
             entry[f"ft closer to pt ({layers})"] = larger(row, (layers, "ft-pt"), (layers, "ft-st"))
             entry[f"ft-st above chance ({layers})"] = larger(row, (layers, "ft-st"), (layers, CHANCE))
         entry["ft-st: bottom > all"] = larger(row, ("bottom", "ft-st"), ("all", "ft-st"))
@@ -171,7 +202,7 @@ def knowledge_observations(frame: pd.DataFrame, measure: str = "cca",
     return pd.DataFrame(out).set_index("dataset").astype("boolean")
 
 
-def claims_vs_paper(frame: pd.DataFrame, modes=("positions", "pool")) -> pd.DataFrame:
+def claims_vs_paper(frame: pd.DataFrame, modes=("positions", "pool"), measures=VERDICT_MEASURES) -> pd.DataFrame:
     """The paper's Figure 3 claims beside how many of our datasets support each.
 
     One column per measure and reduction; a cell reads "k of n datasets", n counting
@@ -183,21 +214,25 @@ def claims_vs_paper(frame: pd.DataFrame, modes=("positions", "pool")) -> pd.Data
     claims = {  # claim -> ((layers, pair) that should be larger, (layers, pair) it is compared with)
         "ft closer to pt than to st (bottom)": (("bottom", "ft-pt"), ("bottom", "ft-st")),
         "ft closer to pt than to st (all)": (("all", "ft-pt"), ("all", "ft-st")),
+        "ft closer to pt than to st (per-stage mean)": ((STAGE_MEAN, "ft-pt"), (STAGE_MEAN, "ft-st")),
         "ft-st: bottom more alike than all": (("bottom", "ft-st"), ("all", "ft-st")),
     }
     table = {"paper": FIGURE3_CLAIMS}
-    for measure in MEASURES:
+    for measure in measures:
         for mode in modes:
             t = figure3_table(frame, measure, mode)
             if t.empty:
                 continue
             column = {}
             for claim, (larger, smaller) in claims.items():
+                if larger not in t.columns or smaller not in t.columns:
+                    continue
                 both = t[[larger, smaller]].dropna()
                 column[claim] = f"{int((both[larger] > both[smaller]).sum())} of {len(both)} datasets"
             table[f"{measure.upper()}, {mode}"] = column
     table = pd.DataFrame(table)
-    table["verdict"] = [figure3_verdict(row.drop("paper").tolist()) for _, row in table.iterrows()]
+    table["verdict"] = [figure3_verdict([c for c in row.drop("paper") if isinstance(c, str)])
+                        for _, row in table.iterrows()]
     return table
 
 

@@ -7,6 +7,6 @@
   (section "The factors affecting the transfer of non-robust features", Figure 6).
 """
 
-from .cca import UndefinedCCA, canonical_correlations, cca_similarity, linear_cka  # noqa: F401
+from .cca import UndefinedCCA, canonical_correlations, cca_similarity, debiased_linear_cka, linear_cka  # noqa: F401
 from .discrepancy import median_bandwidth, mmd, mmd_permutation_test  # noqa: F401
 from .lipschitz import local_lipschitz  # noqa: F401

@@ -10,6 +10,9 @@ from nbs_lib.methods.attacks import parse_attack
 
 REGIMES = ("standard", "partial", "full")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
+HEADS = ("epochs", "lbfgs")  # how g is trained: epochs of the optimizer, or full-batch L-BFGS to convergence
+# Fields of the partial-fine-tuning options and of fresh samples, with their off-values (left out of cache keys).
+HEAD_KEY_DEFAULTS = {"head": "epochs", "head_l2_grid": (), "target_bn": False, "fresh_samples": False}
 TRAIN_CODE_VERSION = 1  # bump when a change to the training code must invalidate the cache
 
 
@@ -33,6 +36,10 @@ class TrainConfig:
     lipschitz_weight: float = 0.0  # DM (eq. 5): lambda on the LL term; 0 switches DM off
     lipschitz_eps: float = 0.5  # DM: radius of the LL ball in the paper's units (/255)
     lipschitz_steps: int = 10  # DM: PGD steps of the LL inner max
+    head: str = "epochs"  # partial: "lbfgs" fits g to convergence on f's embeddings (methods.train.head)
+    head_l2_grid: tuple = ()  # head="lbfgs": L2 strengths on g's weights, the best on the validation split kept
+    target_bn: bool = False  # partial: f's BatchNorm statistics re-estimated on the target first
+    fresh_samples: bool = False  # every epoch after the first draws new training images (generated sets)
 
     def __post_init__(self):
         if self.regime not in REGIMES:
@@ -68,9 +75,29 @@ class TrainConfig:
         if isinstance(self.lipschitz_steps, bool) or int(self.lipschitz_steps) != self.lipschitz_steps \
                 or self.lipschitz_steps < 1:
             raise ValueError(f"lipschitz_steps must be a positive integer; got {self.lipschitz_steps!r}")
+        self._check_head()
         if self.regime == "partial" and (self.distill_weight > 0 or self.lipschitz_weight > 0):
             raise ValueError("feature distillation and DM regularise f, which partial fine-tuning freezes: "
                              "use regime='full' (or 'standard').")
+
+    def _check_head(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"Unknown head {self.head!r}; use one of {HEADS}.")
+        object.__setattr__(self, "head_l2_grid", tuple(float(v) for v in self.head_l2_grid))
+        if self.head == "lbfgs":
+            if self.regime != "partial" or self.augment != "none" or self.adversarial is not None:
+                raise ValueError("head='lbfgs' fits g on f's fixed embeddings: it needs regime='partial', "
+                                 "augment='none' and no adversarial training.")
+            if not self.head_l2_grid or any(not math.isfinite(v) or v <= 0 for v in self.head_l2_grid):
+                raise ValueError("head='lbfgs' needs head_l2_grid, positive L2 strengths such as (1e-4, 1e-3): "
+                                 "without a penalty the head of separable features grows without bound.")
+        elif self.head_l2_grid:
+            raise ValueError("head_l2_grid is only used by head='lbfgs'.")
+        if self.target_bn and self.regime != "partial":
+            raise ValueError("target_bn re-estimates a frozen f's BatchNorm statistics: it needs regime='partial' "
+                             "(full fine-tuning adapts them anyway).")
+        if self.fresh_samples and self.head != "epochs":
+            raise ValueError("fresh_samples draws new images every epoch: it needs head='epochs'.")
 
     @property
     def regularised(self) -> bool:

@@ -67,6 +67,7 @@ from nbs_lib.data.images import LabeledImages
 from nbs_lib.methods.batches import augment_batch, check_pixels, device_data, input_batches
 from nbs_lib.methods.evaluate import dataset_accuracy
 from nbs_lib.methods.train.config import TrainConfig
+from nbs_lib.methods.train.head import fit_converged_head
 from nbs_lib.methods.train.terms import FeatureTerm, adversarial_batch, feature_terms
 from nbs_lib.models.split import SplitClassifier
 
@@ -295,7 +296,8 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
         resume: dict | None = None, on_epoch_end: Callable[[dict], None] | None = None,
         progress: bool = True, desc: str = "fit", num_workers: int = 0,
         on_step: Callable[[int, nn.Module], None] | None = None,
-        compile: bool | str = False) -> list[dict]:
+        compile: bool | str = False,
+        epoch_data: Callable[[int], LabeledImages] | None = None) -> list[dict]:
     """Train ``model`` on ``train`` under ``config``; return the per-epoch history.
 
     Each history row has ``epoch``, ``train_loss``, ``train_acc`` and (with ``val``)
@@ -321,12 +323,22 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
     cannot compile (say, no C compiler) fit warns and trains eagerly. Not part of any
     cache key: it changes speed, not the model (up to float rounding).
 
+    With ``config.fresh_samples``, ``epoch_data(epoch)`` gives the training images of
+    every epoch after the first (0-based ``epoch`` >= 1; the first trains on ``train``):
+    a generated dataset draws new images, so the model never sees an image twice. With
+    ``config.head == "lbfgs"`` (partial fine-tuning to convergence) g is fitted by
+    :func:`nbs_lib.methods.train.head.fit_converged_head` instead of the epoch loop.
+
     When ``torch.distributed`` is initialised with several processes (``torchrun``),
     fit trains data-parallel with DistributedDataParallel: see
     :mod:`nbs_lib.core.distributed` for how the global batches, BatchNorm statistics and
     gradients match a one-process run. ``on_epoch_end`` is then called on rank 0 only.
     """
     device = resolve_device(device)
+    if config.head == "lbfgs":
+        return fit_converged_head(model, train, config, val, device, num_workers)
+    if config.fresh_samples and epoch_data is None:
+        raise ValueError("config.fresh_samples needs epoch_data, the training images of each later epoch.")
     model = _prepare(model, config, device)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     optimizer = make_optimizer(model, config)
@@ -359,7 +371,10 @@ def fit(model: SplitClassifier, train: LabeledImages, config: TrainConfig,
                      global_step=len(history) * steps_per_epoch)  # correct after a resume
         bar = tqdm(range(len(history), config.epochs), desc=desc, disable=not progress, leave=True)
         for epoch in bar:
-            row = _run_epoch(loop, data, labels, epoch, len(train), num_workers)
+            if config.fresh_samples and epoch > 0:
+                fresh = epoch_data(epoch)
+                data, labels = device_data(fresh, device), fresh.labels.to(device)
+            row = _run_epoch(loop, data, labels, epoch, len(labels), num_workers)
             if val is not None and len(val):
                 row["val_acc"] = dataset_accuracy(model, val, device, num_workers=num_workers)
             history.append(row)

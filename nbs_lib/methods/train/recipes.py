@@ -11,7 +11,7 @@ from nbs_lib.core import distributed
 from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache, content_hash
 from nbs_lib.data.images import LabeledImages, train_val_split
-from nbs_lib.data.registry import load_dataset
+from nbs_lib.data.registry import fresh_training_images, load_dataset, require_fresh_samples
 from nbs_lib.methods.train.config import TRAIN_CODE_VERSION, TrainConfig
 from nbs_lib.methods.train.loop import fit
 from nbs_lib.methods.train.terms import config_key
@@ -63,13 +63,16 @@ def augmentation_for(dataset: str, requested: str) -> str:
     return requested
 
 
-def epochs_for(regime: str, profile: Profile, n_train: int) -> int:
+def epochs_for(regime: str, profile: Profile, n_train: int, fresh_samples: bool = False) -> int:
     """The profile's epochs; fine-tuning on a small set gets enough epochs for ``min_steps`` steps.
 
     With a fixed number of epochs a set of 800 images gets 13 steps an epoch and stops
     far from its plateau while a set of 2,600 converges; a floor on the number of
-    optimizer steps gives every fine-tuning a comparable budget.
+    optimizer steps gives every fine-tuning a comparable budget. A model that draws new
+    images every epoch (``fresh_samples``) gets the profile's ``epochs_fresh``.
     """
+    if fresh_samples:
+        return profile.epochs_fresh
     if regime == "standard":
         return profile.epochs_standard
     steps_per_epoch = math.ceil(n_train / profile.batch_size)
@@ -83,7 +86,8 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
                 progress: bool = True, adversarial: str | None = None, distill_weight: float = 0.0,
                 teacher: str | Path | None = None, lipschitz_weight: float = 0.0,
                 lipschitz_eps: float = 0.5, lipschitz_steps: int = 10,
-                compile: bool | str = False, train_seed: int | None = None) -> TrainedModel:
+                compile: bool | str = False, train_seed: int | None = None, head: str = "epochs",
+                target_bn: bool = False, fresh_samples: bool = False) -> TrainedModel:
     """Train (or load from the run cache) the paper's ``regime`` model of ``dataset``.
 
     ``seed`` fixes the data (generated sets, the validation split); ``train_seed``
@@ -97,6 +101,13 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
     docstring for Table 5's regimes). ``compile`` is :func:`fit`'s (speed only; not in
     the cache key).
 
+    ``head="lbfgs"`` fits a partial model's g to convergence (L2 strength from the
+    profile's ``head_l2_grid``, chosen on the validation split, at most ``head_rounds``
+    rounds), and ``target_bn`` first re-estimates f's BatchNorm statistics on the target
+    (:mod:`nbs_lib.methods.train.head`); neither depends on the training seed, so every
+    seed shares one model. ``fresh_samples`` draws new training images every epoch
+    (:func:`nbs_lib.data.registry.fresh_training_images`; the validation split is fixed).
+
     The standard model ignores ``weights`` (random initialisation). When ``lr_f``/``lr_g``
     are not given, every candidate of the profile's grid is trained on the training
     split minus a held-out validation split and the candidate with the best final
@@ -109,18 +120,24 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
     train_set, val_set = train_val_split(train_full, profile.val_fraction, seed)
     search = []
     best: TrainedModel | None = None
-    for cand_f, cand_g in _candidate_lrs(regime, profile, lr_f, lr_g):
-        config = TrainConfig(regime=regime, epochs=epochs or epochs_for(regime, profile, len(train_set)),
+    converged = head == "lbfgs"
+    candidates = [(0.0, 0.0)] if converged else _candidate_lrs(regime, profile, lr_f, lr_g)
+    for cand_f, cand_g in candidates:
+        config = TrainConfig(regime=regime,
+                             epochs=profile.head_rounds if converged else
+                             epochs or epochs_for(regime, profile, len(train_set), fresh_samples),
                              batch_size=profile.batch_size, lr_f=cand_f, lr_g=cand_g,
                              augment=augmentation_for(dataset, augment or profile.augment),
-                             seed=seed if train_seed is None else train_seed,
-                             adversarial=adversarial, distill_weight=distill_weight,
+                             seed=0 if converged else seed if train_seed is None else train_seed,
+                             head=head, head_l2_grid=profile.head_l2_grid if converged else (),
+                             target_bn=target_bn, fresh_samples=fresh_samples, adversarial=adversarial, distill_weight=distill_weight,
                              teacher=None if teacher is None else str(teacher),
                              lipschitz_weight=lipschitz_weight, lipschitz_eps=lipschitz_eps,
                              lipschitz_steps=lipschitz_steps)
         trained = _train_cached(dataset, arch, None if regime == "standard" else weights,
                                 len(train_full.classes), train_set, val_set, config, profile,
-                                device, cache, progress, compile)
+                                device, cache, progress, compile, _epoch_data(dataset, config, profile, seed,
+                                                                               len(train_set)))
         search.append({"lr_f": cand_f, "lr_g": cand_g, "val_acc": trained.val_acc})
         if best is None or trained.val_acc > best.val_acc:
             best = trained
@@ -150,9 +167,17 @@ def model_config(dataset: str, arch: str, weights, num_classes: int, config: Tra
     }
 
 
+def _epoch_data(dataset: str, config: TrainConfig, profile: Profile, seed: int, n: int):
+    """The fresh training images of each later epoch (``config.fresh_samples``), else None."""
+    if not config.fresh_samples:
+        return None
+    require_fresh_samples(dataset)
+    return lambda epoch: fresh_training_images(dataset, epoch, n, profile, seed)
+
+
 def _train_cached(dataset, arch, weights, num_classes, train_set, val_set, config: TrainConfig,
                   profile: Profile, device, cache: RunCache, progress: bool,
-                  compile: bool | str = False) -> TrainedModel:
+                  compile: bool | str = False, epoch_data=None) -> TrainedModel:
     """The cached model of ``key``, else trained (resuming from a checkpoint) and cached.
 
     Under distributed training rank 0 reads the cache and sends what it found to every
@@ -170,7 +195,8 @@ def _train_cached(dataset, arch, weights, num_classes, train_set, val_set, confi
     main = distributed.is_main()
     history = fit(model, train_set, config, val=val_set, device=device, resume=resume,
                   on_epoch_end=(lambda payload: cache.save_checkpoint("models", key, payload)) if main else None,
-                  progress=progress and main, desc=desc, num_workers=profile.num_workers, compile=compile)
+                  progress=progress and main, desc=desc, num_workers=profile.num_workers, compile=compile,
+                  epoch_data=epoch_data)
     val_acc = history[-1].get("val_acc", float("nan"))
     model.cpu()
     if main:

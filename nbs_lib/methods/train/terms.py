@@ -21,7 +21,7 @@ from torch import nn
 from nbs_lib.core.device import frozen_eval
 from nbs_lib.methods.attacks import parse_attack, pgd
 from nbs_lib.methods.similarity.lipschitz import lipschitz_pgd, lipschitz_ratio
-from nbs_lib.methods.train.config import TrainConfig
+from nbs_lib.methods.train.config import HEAD_KEY_DEFAULTS, TrainConfig
 from nbs_lib.models.registry import load_model
 from nbs_lib.models.split import SplitClassifier
 
@@ -182,5 +182,5 @@ def config_key(config: TrainConfig) -> dict:
     Every field, except those of an optional part (adversarial inputs, each
     :data:`FEATURE_TERMS` class) that hold their off-value.
     """
-    off = {**ADVERSARIAL_KEY_DEFAULTS, **{k: v for kind in FEATURE_TERMS for k, v in kind.KEY_DEFAULTS.items()}}
+    off = {**ADVERSARIAL_KEY_DEFAULTS, **HEAD_KEY_DEFAULTS, **{k: v for kind in FEATURE_TERMS for k, v in kind.KEY_DEFAULTS.items()}}
     return {k: v for k, v in dataclasses.asdict(config).items() if not (k in off and v == off[k])}
