@@ -9,7 +9,7 @@ ONLY ?=
 PROFILE ?= mini
 BOOK_NOTEBOOKS := $(if $(ONLY),notebooks/$(ONLY).ipynb,$(NOTEBOOKS))
 
-.PHONY: venv data test unit smoke-notebooks fresh html offline-check book bench clean
+.PHONY: venv data test unit smoke-notebooks fresh html offline-check book bench clean lab
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -36,7 +36,7 @@ book: venv data
 	  name=$$(basename $$nb .ipynb); \
 	  echo "== $$name (profile=$(PROFILE)) $$(date +%T)"; \
 	  start=$$(date +%s); \
-	  $(BIN)/papermill $$nb book/$$name.ipynb -p profile $(PROFILE) --progress-bar --log-output || exit 1; \
+	  NBS_PUBLISH=1 $(BIN)/papermill $$nb book/$$name.ipynb -p profile $(PROFILE) --progress-bar --log-output || exit 1; \
 	  $(BIN)/python -m nbs_lib.report.notebooks tidy book/$$name.ipynb; \
 	  echo "== $$name done in $$(( $$(date +%s) - start )) s"; \
 	done
@@ -47,6 +47,13 @@ html: venv
 	rm -rf _build/html
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	bash scripts/offline_assets.sh _build/html
+
+## make lab: JupyterLab in the venv, started on localhost with the chapters open (results go to scratch/)
+lab: venv data $(VENV)/.lab-installed
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=$(CURDIR) notebooks/
+$(VENV)/.lab-installed: requirements-lab.txt requirements.txt
+	$(BIN)/pip install --quiet -c requirements.txt -r requirements-lab.txt
+	touch $@
 
 bench: venv data
 	$(BIN)/python benchmarks/run_all.py
