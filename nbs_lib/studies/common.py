@@ -233,6 +233,7 @@ def robustness_study(datasets, profile: str | Profile = "mini", attacks=None, ar
     attacks = list(attacks or [TABLE1_ATTACK, *TABLE2_ATTACKS])
     cache = cache or RunCache()
     rows, models = [], {}
+    run_seed = seed if train_seed is None else train_seed  # a seed-independent model keeps the run's seed
     for dataset in datasets:
         trained = train_three(dataset, profile, arch, weights, seed, device, cache, regimes, progress, train_seed)
         for regime, tm in tqdm(trained.items(), desc=f"{dataset}: attacks", disable=not progress):
@@ -243,7 +244,7 @@ def robustness_study(datasets, profile: str | Profile = "mini", attacks=None, ar
                 sample = sample_id(dataset, images, labels)
                 for row in evaluate_cached(tm, images, labels, specs, sample, device, cache,
                                            progress, profile, masks):
-                    rows.append({"dataset": dataset, "model": regime, "seed": tm.config["train"]["seed"], **row})
+                    rows.append({"dataset": dataset, "model": regime, "seed": run_seed, **row})
     columns = ["dataset", "model", "seed", "attack", "aoi", "aai", "dr", "n", "budget"]
     table = pd.DataFrame(rows, columns=columns + (["clean", "robust"] if masks else []))
     return table, models
