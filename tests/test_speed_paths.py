@@ -115,8 +115,9 @@ def test_a_backend_that_cannot_compile_falls_back_to_eager(monkeypatch):
 def test_compile_is_passed_through_and_stays_out_of_the_cache_key(monkeypatch):
     seen = []
 
-    def fake(*args):
-        seen.append((args[6], args[-1]))  # the TrainConfig and compile
+    def fake(dataset, arch, weights, num_classes, train_set, val_set, config, profile, device,
+             cache, progress, compile, epoch_data=None):
+        seen.append((config, compile))
         return recipes.TrainedModel(None, {}, [], 50.0)
 
     monkeypatch.setattr(recipes, "_train_cached", fake)
