@@ -23,8 +23,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 data: $(VENV)/.installed
 	source $(BIN)/activate && bash scripts/fetch_offline_data.sh
 
-## make test: unit tests, smoke runs of every notebook, staleness check, book build, offline check
-test: venv data html
+## make test: unit tests, smoke runs of every notebook, a chapter in JupyterLab + Chromium, staleness check, book build, offline check
+test: venv data html $(VENV)/.lab-installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 unit: venv data  ## quick feedback: no notebook runs, no tests marked slow
@@ -51,7 +51,7 @@ html: venv
 ## make lab: JupyterLab in the venv, started on localhost with the chapters open (results go to scratch/)
 lab: venv data $(VENV)/.lab-installed
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=$(CURDIR) notebooks/
-$(VENV)/.lab-installed: requirements-lab.txt requirements.txt
+$(VENV)/.lab-installed: $(VENV)/.installed requirements-lab.txt requirements.txt
 	$(BIN)/pip install --quiet -c requirements.txt -r requirements-lab.txt
 	touch $@
 
