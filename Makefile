@@ -50,7 +50,7 @@ html: venv
 
 ## make lab: JupyterLab in the venv, started on localhost with the chapters open (results go to scratch/)
 lab: venv data $(VENV)/.lab-installed
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=$(CURDIR) notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=$(CURDIR) notebooks/
 $(VENV)/.lab-installed: $(VENV)/.installed requirements-lab.txt requirements.txt
 	$(BIN)/pip install --quiet -c requirements.txt -r requirements-lab.txt
 	touch $@
