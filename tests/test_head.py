@@ -41,6 +41,26 @@ def test_the_converged_head_fits_separable_features():
     assert len(history) < 50  # stopped because it converged, not because the rounds ran out
 
 
+def test_the_head_stops_at_the_optimum_of_the_penalised_objective():
+    """Overlapping classes (no separating margin): the minimum of mean CE + l2 * ||W||^2 is
+    interior, so at the end the objective's gradient vanishes and the last two rounds agree."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 32, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(400, generator=g) > 0).long() + 2 * (x[:, 1] > 0).long()
+    l2 = 1e-2
+    linear = nn.Linear(32, 4)
+    history = fit_linear_head(linear, x, y, l2=l2, rounds=200)
+    assert len(history) >= 2
+    last, before = history[-1]["objective"], history[-2]["objective"]
+    assert abs(last - before) <= 1e-6 * abs(before)  # converged, not cut off
+    linear.zero_grad()
+    objective = torch.nn.functional.cross_entropy(linear(x), y) + l2 * linear.weight.square().sum()
+    objective.backward()
+    gradient = torch.cat([linear.weight.grad.flatten(), linear.bias.grad])
+    assert float(gradient.norm()) < 1e-4
+    assert last == pytest.approx(float(objective.detach()), rel=1e-5)
+
+
 def test_a_few_adam_epochs_stop_short_where_the_converged_head_does_not():
     """The defect the L-BFGS head fixes: a few epochs of Adam leave the head far from its optimum."""
     x, y = _separable(d=256, seed=1)
