@@ -60,3 +60,8 @@ bench: venv data
 
 clean:
 	rm -rf _build
+
+## make rehearse: the paper path rehearsed on a CPU: stand-ins of the paper's datasets and weights, every notebook at profile=paper with tiny overrides (tests/rehearsal, issue 21)
+.PHONY: rehearse
+rehearse: venv data
+	NBS_REHEARSAL=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_rehearsal.py
