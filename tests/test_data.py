@@ -402,3 +402,28 @@ def test_dataset_summary_reads_a_lazy_dataset_without_decoding_it(monkeypatch):
     row = registry.dataset_summary({"patches": lazy}).iloc[0]
     assert lazy.images is None and not row["in memory"]
     assert row["resolution"] == f"{prof.image_size}x{prof.image_size}" and 0 <= row["min"] <= row["max"] <= 1
+
+
+def test_lowres_variant_of_a_lazy_dataset_is_lazy_and_matches_in_memory(monkeypatch):
+    """At paper scale the Alphabet is lazy (26,000 images of 224 px); its lowres twin was an error (issue 21)."""
+    from nbs_lib.data.registry import load_dataset
+    eager = load_dataset("alphabet-lowres", "train", "smoke")
+    monkeypatch.setattr(images, "MAX_IN_MEMORY_BYTES", 0)
+    lazy = load_dataset("alphabet-lowres", "train", "smoke")
+    assert lazy.images is None and lazy.name == "alphabet-lowres" and torch.equal(lazy.labels, eager.labels)
+    assert lazy.fingerprint() != load_dataset("alphabet", "train", "smoke").fingerprint()
+    for i in (0, len(lazy) - 1):
+        assert torch.allclose(lazy[i][0], eager[i][0], atol=1e-6)
+    sub = lazy.subset([3, 1])
+    assert torch.allclose(sub[0][0], eager[3][0], atol=1e-6)
+
+
+def test_stacked_takes_a_batch_of_a_lazy_or_in_memory_set(monkeypatch):
+    from nbs_lib.data.registry import load_dataset
+    eager = load_dataset("alphabet", "test", "smoke")
+    monkeypatch.setattr(images, "MAX_IN_MEMORY_BYTES", 0)
+    lazy = load_dataset("alphabet", "test", "smoke")
+    assert lazy.images is None
+    assert torch.allclose(lazy.stacked([4, 0]), eager.images[[4, 0]], atol=1e-6)
+    assert torch.equal(eager.stacked(), eager.images)
+    assert lazy.stacked(range(3)).shape == (3, 3, 32, 32)

@@ -259,3 +259,53 @@ def test_what_reproduced_applies_its_stated_rules():
     harder = what_reproduced(activations.assign(final_roughness=activations.final_roughness - 0.1), anti_table,
                              summary, modified, {"mnist": 30.0}, "orig", "robust")
     assert harder.verdict.tolist()[:3] == ["reproduced", "partly", "no"]
+
+
+def _lazy(ds: LabeledImages) -> LabeledImages:
+    """``ds`` decoded item by item, as a paper-size set is (``images`` is None)."""
+    return LabeledImages(ds.name, ds.split, ds.classes, ds.labels, fetch=lambda i: ds.images[i])
+
+
+def test_anti_robust_images_of_a_lazy_dataset_match_in_memory(tiny_model, one_thread):
+    """At 224 px the targets are lazy; the construction raised for them (issue 21)."""
+    ds = LabeledImages("toy", "train", list("abcd"), torch.arange(10) % 4, images=_images(10))
+    eager = anti_robust_images(tiny_model, ds, "PGD-5#16", seed=0, device="cpu", batch_size=4)
+    lazy = anti_robust_images(tiny_model, _lazy(ds), "PGD-5#16", seed=0, device="cpu", batch_size=4)
+    assert torch.allclose(lazy.data.images, eager.data.images, atol=1e-6)
+    assert torch.equal(lazy.data.labels, eager.data.labels)
+    assert lazy.success_rate == eager.success_rate
+    assert lazy.max_perturbation == pytest.approx(eager.max_perturbation)
+
+
+def test_robustified_source_and_examples_of_a_lazy_dataset_match_in_memory(tiny_model, monkeypatch, tmp_path,
+                                                                           one_thread):
+    import nbs_lib.studies.ch07_robust_transfer as rt
+    from nbs_lib.methods.train.recipes import TrainedModel
+    from nbs_lib.studies.sources import SourceModel
+
+    ds = LabeledImages("toy", "train", list("abcd"), torch.arange(12) % 4, images=_images(12))
+    robust = SourceModel("toy", "PGD-3#4", TrainedModel(tiny_model, {"id": 1}, [], 0.0), None, 0.0, 0.0, "x")
+    out = {}
+    for kind, data in (("eager", ds), ("lazy", _lazy(ds))):
+        monkeypatch.setattr(rt, "load_dataset", lambda *args, data=data, **kwargs: data)
+        cache = RunCache(tmp_path / kind)
+        made, val, summary = rt.robustified_source("toy", robust, "smoke", steps=3, device="cpu", cache=cache)
+        rows = rt.robustified_examples("toy", robust, "smoke", steps=3, device="cpu", count=3, cache=cache)
+        out[kind] = made.images, summary, rows
+    assert torch.allclose(out["lazy"][0], out["eager"][0], atol=1e-6)
+    assert out["lazy"][1] == pytest.approx(out["eager"][1])
+    for (name, lazy_row), (_, eager_row) in zip(out["lazy"][2], out["eager"][2]):
+        for (a, _), (b, _) in zip(lazy_row, eager_row):
+            assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_anti_robust_examples_of_a_lazy_target(monkeypatch):
+    import nbs_lib.studies.ch07_robust_transfer as rt
+
+    ds = LabeledImages("toy", "train", list("abcd"), torch.arange(8) % 4, images=_images(8))
+    monkeypatch.setattr(rt, "load_dataset", lambda *args, **kwargs: _lazy(ds))
+    made = rt.AntiRobustSplit(LabeledImages("toy-antirobust", "train", ds.classes, (ds.labels + 1) % 4,
+                                            images=_images(8, seed=3)), ds.labels, 100.0, 0.1)
+    rows = rt.anti_robust_examples({"toy": {"train": made}}, "smoke", count=3)
+    assert torch.equal(rows[0][1][0][0], ds.images[0]) and rows[0][1][1][1] == "y=b"
+    assert rows[1][1][2][1] == "t=d"

@@ -109,6 +109,18 @@ class LabeledImages(Dataset):
             ids=self._ids[idx],
         )
 
+    def stacked(self, indices=None) -> torch.Tensor:
+        """The images at ``indices`` (default: all) as one tensor ``[n, 3, H, W]``, decoding
+        lazy items one by one: the way to take a batch of a set held in memory or not."""
+        if indices is None:
+            indices = range(len(self))
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
+        if self.images is not None:
+            return self.images[idx]
+        if len(idx) == 0:
+            return torch.zeros(0, 3, 0, 0)
+        return torch.stack([self[int(i)][0] for i in idx])
+
     def class_counts(self) -> list[int]:
         """Number of items of every class, in class order."""
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
@@ -163,13 +175,6 @@ def thumbnail(images: torch.Tensor, factor: int = 4) -> torch.Tensor:
 
 
 VARIANTS = {"lowres": thumbnail}
-
-
-def _variant(ds: LabeledImages, variant: str, name: str) -> LabeledImages:
-    if ds.images is None:
-        raise ValueError(f"The {variant!r} variant needs an in-memory dataset; {ds.name!r} is "
-                         "loaded lazily at this profile. Use a smaller profile.")
-    return LabeledImages(name, ds.split, ds.classes, ds.labels, images=VARIANTS[variant](ds.images))
 
 
 def balanced_indices(

@@ -154,10 +154,16 @@ def fresh_training_images(name: str, epoch: int, n: int, profile: str | Profile 
 
 
 def _variant(ds: LabeledImages, variant: str, name: str) -> LabeledImages:
-    if ds.images is None:
-        raise ValueError(f"The {variant!r} variant needs an in-memory dataset; {ds.name!r} is "
-                         "loaded lazily at this profile. Use a smaller profile.")
-    return LabeledImages(name, ds.split, ds.classes, ds.labels, images=VARIANTS[variant](ds.images))
+    """``ds`` with every image transformed by ``VARIANTS[variant]``; a lazy set stays lazy
+    (each item is transformed when it is decoded), as at paper scale."""
+    if ds.images is not None:
+        return LabeledImages(name, ds.split, ds.classes, ds.labels, images=VARIANTS[variant](ds.images))
+    fetch = functools.partial(_variant_item, ds._fetch, VARIANTS[variant])
+    return LabeledImages(name, ds.split, ds.classes, ds.labels, fetch=fetch, ids=ds._ids)
+
+
+def _variant_item(fetch, transform, i: int) -> torch.Tensor:
+    return transform(fetch(i)[None])[0]
 
 
 def balanced_sample(dataset: str, split: str, profile: str | Profile, seed: int = 0, n: int | None = None,

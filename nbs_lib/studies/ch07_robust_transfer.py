@@ -312,25 +312,23 @@ def anti_robust_images(classifier: SplitClassifier, ds: LabeledImages, attack: s
     spec = parse_attack(attack)
     if spec.name != "PGD":
         raise ValueError(f"anti-robust images need a PGD spec such as 'PGD-20#8'; got {attack!r}")
-    if ds.images is None:
-        raise ValueError("anti-robust datasets are built from in-memory datasets")
     device = resolve_device(device)
     classifier = classifier.to(device).eval()
     targets = random_other_classes(ds.labels, ds.num_classes, seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    out, hits = [], 0
-    for start in range(0, len(ds), batch_size):
-        x = ds.images[start:start + batch_size].to(device)
+    out, hits, largest = [], 0, 0.0
+    for start in range(0, len(ds), batch_size):  # a lazy (paper-size) set is decoded batch by batch
+        x = ds.stacked(range(start, min(start + batch_size, len(ds)))).to(device)
         t = targets[start:start + batch_size].to(device)
         x_adv = pgd(classifier, x, t, spec.eps, spec.steps, step_factor * spec.eps / spec.steps, spec.norm,
                     random_start=False, generator=generator, targeted=True)
         with torch.no_grad():
             hits += int((classifier(x_adv).argmax(1) == t).sum())
+            largest = max(largest, float(threat_model(spec.norm).size(x_adv - x).max()))
         out.append(x_adv.cpu())
     images = torch.cat(out)
-    size = threat_model(spec.norm).size(images - ds.images)
     data = LabeledImages(f"{ds.name}-antirobust", ds.split, ds.classes, targets, images=images)
-    return AntiRobustSplit(data, ds.labels.clone(), 100.0 * hits / len(ds), float(size.max()))
+    return AntiRobustSplit(data, ds.labels.clone(), 100.0 * hits / len(ds), largest)
 
 
 def anti_robust_splits(target: str, profile: str | Profile, classifier: TrainedModel, attack: str = "PGD-20#32",
@@ -535,9 +533,14 @@ def robustified_source(source: str, robust: SourceModel, profile="mini", steps: 
     key = {"kind": "robustified_source", "data": train_set.fingerprint(), "robust": robust.trained.config,
            "steps": int(steps), "step_size": float(step_size), "seed": seed}
 
-    def compute() -> dict:
-        seeds = train_set.images[derangement(len(train_set), seed)]
-        images, d0, d1 = robustify_images(robust.trained.model, train_set.images, seeds, steps, step_size, device)
+    def compute(chunk: int = 1024) -> dict:
+        order = derangement(len(train_set), seed)
+        parts = []
+        for start in range(0, len(train_set), chunk):  # a lazy (paper-size) set is decoded chunk by chunk
+            idx = range(start, min(start + chunk, len(train_set)))
+            parts.append(robustify_images(robust.trained.model, train_set.stacked(idx),
+                                          train_set.stacked(order[start:start + chunk]), steps, step_size, device))
+        images, d0, d1 = (torch.cat(p) for p in zip(*parts))
         return {"images": images, "start": d0, "final": d1}
 
     stored = cache.artifact("robustified_source", key, compute, code_version=ROBUST_TRANSFER_CODE_VERSION)
@@ -615,7 +618,7 @@ def anti_robust_examples(anti: dict[str, dict[str, AntiRobustSplit]], profile="m
         clean = load_dataset(target, "train", target_profile(profile), seed=seed)
         made = splits["train"]
         picks = range(min(count, len(clean)))
-        rows.append((target, [(clean.images[i], f"y={clean.classes[int(made.original_labels[i])]}") for i in picks]))
+        rows.append((target, [(clean[i][0], f"y={clean.classes[int(made.original_labels[i])]}") for i in picks]))
         rows.append(("anti-robust", [(made.data.images[i], f"t={clean.classes[int(made.data.labels[i])]}")
                                      for i in picks]))
     return rows
@@ -627,11 +630,11 @@ def robustified_examples(source: str, robust: SourceModel, profile="mini", steps
     """Fig. 4a: source images, the seed images the descent started from, and the results."""
     prof = source_profile(profile)
     original = train_val_split(load_dataset(source, "train", prof, seed=seed), prof.val_fraction, seed)[0]
-    seeds = original.images[derangement(len(original), seed)]
+    order = derangement(len(original), seed)
     data, _, _ = robustified_source(source, robust, profile, steps, step_size, seed, device, cache)
     picks = range(min(count, len(original)))
-    return [("original", [(original.images[i], original.classes[int(original.labels[i])]) for i in picks]),
-            ("seed image", [(seeds[i], "") for i in picks]),
+    return [("original", [(original[i][0], original.classes[int(original.labels[i])]) for i in picks]),
+            ("seed image", [(original[int(order[i])][0], "") for i in picks]),
             ("robustified", [(data.images[i], "") for i in picks])]
 
 
