@@ -427,3 +427,5 @@ def test_stacked_takes_a_batch_of_a_lazy_or_in_memory_set(monkeypatch):
     assert torch.allclose(lazy.stacked([4, 0]), eager.images[[4, 0]], atol=1e-6)
     assert torch.equal(eager.stacked(), eager.images)
     assert lazy.stacked(range(3)).shape == (3, 3, 32, 32)
+    assert torch.allclose(lazy.first(2), eager.images[:2], atol=1e-6)
+    assert len(lazy.first(10**6)) == len(lazy)

@@ -121,6 +121,10 @@ class LabeledImages(Dataset):
             return torch.zeros(0, 3, 0, 0)
         return torch.stack([self[int(i)][0] for i in idx])
 
+    def first(self, n: int) -> torch.Tensor:
+        """The first ``n`` images (all of them if the set is smaller) as one tensor, lazy or not."""
+        return self.stacked(range(min(n, len(self))))
+
     def class_counts(self) -> list[int]:
         """Number of items of every class, in class order."""
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()

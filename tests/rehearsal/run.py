@@ -65,6 +65,7 @@ class Run:
     parameters: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    source: Path | None = None  # another copy of the notebook (default: notebooks/<notebook>.ipynb)
 
 
 def runs(manifest: dict) -> list[Run]:
@@ -126,7 +127,7 @@ def environment(work: Path, manifest: dict, extra: dict | None = None) -> dict:
 
 def rehearse(run: Run, work: Path, manifest: dict, timeout: float = 1800) -> Outcome:
     """Run one notebook through the papermill command line at ``paper``, shrunk; check its CSVs."""
-    source = ROOT / "notebooks" / f"{run.notebook}.ipynb"
+    source = run.source or ROOT / "notebooks" / f"{run.notebook}.ipynb"
     out_dir = work / "runs" / run.name
     results = out_dir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
