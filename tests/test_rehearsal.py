@@ -4,7 +4,8 @@ The stand-ins (:mod:`rehearsal.standins`) are tiny copies of the paper's dataset
 on-disk formats torchvision 0.29 reads, random ResNet weights under torchvision's file
 names and MadryLab-format checkpoints; :mod:`rehearsal.run` runs each notebook through
 papermill at ``paper`` with tiny ``overrides``. The notebook runs take minutes, so they
-run under ``make rehearse`` (``NBS_REHEARSAL=1``) and are skipped otherwise; the tests
+run under ``make rehearse`` (``NBS_REHEARSAL=1``; ``NBS_REHEARSAL_EXTENDED=1`` adds chapter 1
+at 224 px) and are skipped otherwise; the tests
 of the stand-ins themselves run whenever slow tests do.
 """
 
@@ -22,6 +23,7 @@ from rehearsal import standins
 
 ROOT = Path(__file__).resolve().parents[1]
 REHEARSE = os.environ.get("NBS_REHEARSAL") == "1"
+EXTENDED = os.environ.get("NBS_REHEARSAL_EXTENDED") == "1"  # also chapter 1 at 224 px (about 10 minutes)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,19 @@ def test_madry_checkpoint_loads_as_a_resnet18(built):
 # The notebooks at paper (make rehearse)
 # ---------------------------------------------------------------------------
 
-RUN_NAMES = [r.name for r in rehearsal.runs({"checkpoints": {"0.0": "", "4.0": ""}})]
+
+def test_every_notebook_is_rehearsed_at_paper_with_valid_overrides():
+    from nbs_lib.core.profiles import get_profile
+
+    manifest = {"checkpoints": {"0.0": "a.ckpt", "4.0": "b.ckpt"}}
+    assert {r.notebook for r in rehearsal.runs(manifest)} == {p.stem for p in rehearsal.NOTEBOOKS}
+    for run in rehearsal.runs(manifest, extended=True):
+        prof = get_profile("paper", {**rehearsal.SHRINK, **run.overrides})  # a renamed field fails here
+        assert prof.natural_sets_whole and prof.arch == "resnet18"  # still the paper's code path
+    assert any(get_profile("paper", {**rehearsal.SHRINK, **r.overrides}).image_size == 224
+               for r in rehearsal.runs(manifest))
+
+RUN_NAMES = [r.name for r in rehearsal.runs({"checkpoints": {"0.0": "", "4.0": ""}}, EXTENDED)]
 
 
 @pytest.mark.notebooks
@@ -142,6 +156,6 @@ RUN_NAMES = [r.name for r in rehearsal.runs({"checkpoints": {"0.0": "", "4.0": "
 @pytest.mark.parametrize("name", RUN_NAMES)
 def test_notebook_runs_at_paper_on_standins(name, built):
     work, manifest = built
-    run = next(r for r in rehearsal.runs(manifest) if r.name == name)
+    run = next(r for r in rehearsal.runs(manifest, EXTENDED) if r.name == name)
     outcome = rehearsal.rehearse(run, work, manifest)
     assert outcome.ok, f"{name} at paper: {outcome.error} (outputs in {work / 'runs' / name})"

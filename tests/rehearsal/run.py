@@ -14,7 +14,7 @@ A run passes when papermill ends without error and the notebook wrote at least o
 every one of them recording the ``paper`` profile. Every dataset is decoded lazily, as
 at paper scale (where every set but ``digits`` is over the 2 GiB in-memory limit): the
 rehearsal's ``sitecustomize`` lowers the limit to 0, so in-memory assumptions cannot
-hide. The run ``00-224`` keeps the paper's 224 px.
+hide. The run ``00-224`` keeps the paper's 224 px (``--extended`` adds ``01-224``, about 10 minutes).
 
     PYTHONPATH=tests .venv/bin/python -m rehearsal.run              # every run
     PYTHONPATH=tests .venv/bin/python -m rehearsal.run --only 00 01 # some
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,10 +67,12 @@ class Run:
     overrides: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     source: Path | None = None  # another copy of the notebook (default: notebooks/<notebook>.ipynb)
+    raw: dict = field(default_factory=dict)  # parameters given as strings with `-p`, as the README shows
 
 
-def runs(manifest: dict) -> list[Run]:
-    """The rehearsal's runs, in order: every chapter at 16 px, then chapter 0 at 224 px; every set lazy."""
+def runs(manifest: dict, extended: bool = False) -> list[Run]:
+    """The rehearsal's runs, in order: every chapter at 16 px (chapter 7 twice: from checkpoints and with its
+    own ladder), then chapter 0 (and, ``extended``, chapter 1) at the paper's 224 px; every set lazy."""
     ckpt = manifest["checkpoints"]
     by_stem = {p.stem[:2]: p.stem for p in NOTEBOOKS}
     extra = {
@@ -77,12 +80,19 @@ def runs(manifest: dict) -> list[Run]:
         "05": {"archs": ["resnet18", "resnet50"]},
         # the paper's sources: Salman et al.'s standard and robust ImageNet ResNet-18s
         "06": {"standard_checkpoint": ckpt["0.0"], "robust_checkpoint": ckpt["4.0"], "adversarial": "PGD-3#4"},
-        "07": {"robust_checkpoints": {0: ckpt["0.0"], 4: ckpt["4.0"]}},
     }
+    # lists and dicts with -p as JSON strings (keys of a dict are strings there), as the README shows
+    raw = {"00": {"datasets": json.dumps(["pets", "nico", "flowers", "cars", "food", "cifar10", "alphabet"])},
+           "07": {"robust_checkpoints": json.dumps({"0": ckpt["0.0"], "4": ckpt["4.0"]})}}
     # At paper every set but `digits` is over the in-memory limit (2 GiB) and decoded lazily; so are they all here.
     lazy = {"NBS_REHEARSAL_MAX_IN_MEMORY_BYTES": "0"}
-    out = [Run(k, stem, extra.get(k, {}), env=lazy) for k, stem in by_stem.items()]
-    out.append(Run("00-224", by_stem["00"], overrides={"image_size": 224, "source_image_size": 224}, env=lazy))
+    out = [Run(k, stem, extra.get(k, {}), env=lazy, raw=raw.get(k, {})) for k, stem in by_stem.items()]
+    # chapter 7 also with its own ladder (sources pre-trained here, the robustified source from a lazy set)
+    out.append(Run("07-ladder", by_stem["07"], {"ladder": [0, 4]}, env=lazy))
+    at_224 = {"image_size": 224, "source_image_size": 224}
+    out.append(Run("00-224", by_stem["00"], overrides=at_224, env=lazy))
+    if extended:  # chapter 1 at 224 px: 551 s here (2 cores shared), so not in the default rehearsal
+        out.append(Run("01-224", by_stem["01"], {"datasets": ["cifar10", "alphabet"]}, overrides=at_224, env=lazy))
     return out
 
 
@@ -103,9 +113,13 @@ def _first_error(notebook: Path) -> str:
     for k, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
+                # the line the arrow points at in the cell's own frame, else the cell's first line
+                frames = [re.sub(r"\x1b\[[0-9;]*m", "", f) for f in output.get("traceback", [])]
+                arrows = [line for f in frames[2:3] for line in f.splitlines() if line.lstrip().startswith("---->")]
                 first = next((line for line in cell.source.splitlines() if line.strip()
                               and not line.startswith("#")), "")
-                return f"cell {k}: {first[:80]} | {output['ename']}: {output['evalue'][:400]}"
+                where = arrows[0].split(maxsplit=2)[-1].strip() if arrows else first
+                return f"cell {k}: {where[:100]} | {output['ename']}: {output['evalue'][:400]}"
     return ""
 
 
@@ -137,6 +151,8 @@ def rehearse(run: Run, work: Path, manifest: dict, timeout: float = 1800) -> Out
     executed = out_dir / f"{run.notebook}.ipynb"
     command = [str(Path(sys.executable).with_name("papermill")), str(source), str(executed),
                "-f", str(out_dir / "parameters.yaml"), "--cwd", str(ROOT), "--no-progress-bar"]
+    for name, text in run.raw.items():  # papermill -p hands a list or dict over as its JSON text
+        command += ["-p", name, text]
     started = time.time()
     try:
         proc = subprocess.run(command, env=environment(work, manifest, run.env), capture_output=True, text=True,
@@ -165,6 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", help="runs to do, e.g. 00 01 00-224 (default: all)")
     parser.add_argument("--workdir", help="folder for stand-ins, cache and outputs (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--extended", action="store_true", help="also chapter 1 at 224 px (about 10 minutes)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per notebook")
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="nbs-rehearsal-"))
@@ -172,7 +189,7 @@ def main(argv=None) -> int:
     manifest = build(work) if not (work / standins.MANIFEST).is_file() else json.loads(
         (work / standins.MANIFEST).read_text())
     print(f"stand-ins in {work} ({time.time() - started:.0f} s)", flush=True)
-    todo = [r for r in runs(manifest) if not args.only or r.name in args.only]
+    todo = [r for r in runs(manifest, args.extended) if not args.only or r.name in args.only]
     outcomes = []
     for run in todo:
         print(f"== {run.name} ({run.notebook}) {time.strftime('%H:%M:%S')}", flush=True)
