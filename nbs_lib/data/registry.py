@@ -178,8 +178,7 @@ def balanced_sample(dataset: str, split: str, profile: str | Profile, seed: int 
     if per_class is None:
         per_class = max(1, min(n, len(ds)) // len(ds.classes))
     sub = ds.subset(balanced_indices(ds.labels.numpy(), per_class, seed, salt or split))
-    images = sub.images if sub.images is not None else torch.stack([sub[i][0] for i in range(len(sub))])
-    return images, sub.labels, ds.classes
+    return sub.stacked(), sub.labels, ds.classes
 
 
 # ---------------------------------------------------------------------------

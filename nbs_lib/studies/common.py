@@ -10,8 +10,7 @@ from tqdm.auto import tqdm
 
 from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache, content_hash
-from nbs_lib.data.images import balanced_indices
-from nbs_lib.data.registry import load_dataset
+from nbs_lib.data.registry import balanced_sample
 from nbs_lib.methods.attacks import parse_attack
 from nbs_lib.methods.evaluate import decline_ratio, mask_decline_ratio, robustness_masks
 from nbs_lib.methods.minimal_epsilon import curve_area, median_minimal_epsilon, minimal_epsilon, refine_floor
@@ -30,12 +29,7 @@ def attack_sample(dataset: str, profile: Profile, seed: int, n: int | None = Non
 
     Returns ``(images, labels, classes)``; see :func:`sample_id` for its cache identity.
     """
-    test = load_dataset(dataset, "test", profile, seed=seed)
-    n = min(n or profile.attack_samples, len(test))
-    per_class = max(1, n // len(test.classes))  # equal per class: n is rounded down
-    sub = test.subset(balanced_indices(test.labels.numpy(), per_class, seed, "test"))
-    images = sub.images if sub.images is not None else torch.stack([sub[i][0] for i in range(len(sub))])
-    return images, sub.labels, test.classes
+    return balanced_sample(dataset, "test", profile, seed, n=n or profile.attack_samples)
 
 
 def sample_id(dataset: str, images: torch.Tensor, labels: torch.Tensor) -> dict:
