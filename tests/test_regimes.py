@@ -46,7 +46,8 @@ REGIMES = {  # Table 5: (source the student starts from, TrainConfig fields)
     "AT@stage-2": ("standard", {"adversarial": "PGD-2#8"}),
     "AT@stage-1&2": ("robust", {"adversarial": "PGD-2#8"}),
     "KD@stage-2": ("standard", {"distill_weight": 1.0, "teacher": "robust"}),
-    "DM@stage-1&2": ("robust", {"lipschitz_weight": 1.0, "lipschitz_eps": 8.0, "lipschitz_steps": 2}),
+    "DM (eq. 5)": ("robust", {"lipschitz_weight": 1.0, "lipschitz_eps": 8.0, "lipschitz_steps": 2}),
+    "DM@stage-1&2": ("robust", {"dm_beta": 500.0, "lipschitz_eps": 8.0, "lipschitz_steps": 2}),
 }
 
 
@@ -62,6 +63,7 @@ def test_every_table5_regime_runs(name, sources, one_thread):
     assert len(history) == 1 and math.isfinite(history[0]["train_loss"]) and "val_acc" in history[0]
     assert ("distill_loss" in history[0]) == ("distill_weight" in fields)
     assert ("lipschitz" in history[0]) == ("lipschitz_weight" in fields)
+    assert ("dm_mse" in history[0]) == ("dm_beta" in fields)
     assert not torch.equal(before, model.features.stem[0].weight)  # f was fine-tuned
     assert not model.training
 
@@ -100,6 +102,21 @@ def test_discrepancy_mitigating_lowers_the_local_lipschitzness(sources, one_thre
     assert ll[1.0] < 0.75 * ll[0.0], ll  # about 1700 against 3400
 
 
+def test_authors_dm_lowers_the_feature_discrepancy(sources, one_thread):
+    """The authors' DM (beta / batch * MSE in their inner ball) makes f flatter around the data."""
+    data = _blobs()
+    ll = {}
+    for beta in (0.0, 5000.0):
+        model = load_model("resnet18", weights=sources["robust"], num_classes=2)
+        config = _config(epochs=4, batch_size=8, lr=3e-3, dm_beta=beta, lipschitz_eps=8.0, lipschitz_steps=3)
+        history = fit(model, data, config, device="cpu", progress=False)
+        ll[beta] = local_lipschitz(model.features, data.images, eps_255=8.0, steps=3, device="cpu",
+                                   progress=False)
+        if beta:
+            assert history[-1]["dm_mse"] < history[0]["dm_mse"]
+    assert ll[5000.0] < 0.75 * ll[0.0], ll
+
+
 def test_dm_and_kd_are_deterministic(sources, one_thread):
     data = _blobs(n=16)
     config = _config(batch_size=8, lipschitz_weight=1.0, lipschitz_eps=8.0, lipschitz_steps=2,
@@ -123,6 +140,9 @@ def test_plain_configs_keep_their_cache_keys():
     dm = config_key(_config(lipschitz_weight=1.0))
     assert dm["lipschitz_weight"] == 1.0 and "lipschitz_eps" not in dm  # eps at its default
     assert config_key(_config(lipschitz_weight=1.0, lipschitz_eps=2.0))["lipschitz_eps"] == 2.0
+    assert config_key(_config(dm_beta=500.0))["dm_beta"] == 500.0 and "dm_beta" not in config_key(_config())
+    with pytest.raises(ValueError, match="one of them"):
+        _config(dm_beta=500.0, lipschitz_weight=1e-5)
 
 
 def test_the_teacher_enters_the_key_by_content(sources, tmp_path):

@@ -54,6 +54,15 @@ class Profile:
     transfer_epochs: int = 6  # epochs of each transfer curve (chapter 7)
     feature_vis_steps: int = 200  # gradient steps of a feature visualisation (chapter 7)
     robustify_steps: int = 40  # gradient steps per image of the robustified source (chapter 7)
+    # robust ImageNet sources made offline (chapters 5-7, nbs_lib.studies.imagenet_sources): radii (1/255) of
+    # the self-distilled ladder (0: the control rung) and its training (nbs_lib.methods.train.self_distill)
+    ladder_radii: tuple = (0.0, 0.5, 2.0)
+    distill_steps: int = 1500
+    distill_batch_size: int = 32
+    distill_lr: float = 1e-5
+    distill_attack_steps: int = 3
+    distill_robust_weight: float = 1.0
+    distill_target: str = "logits"
     natural_sets_whole: bool = False  # the natural-image targets whole, ignoring the per-class caps (paper)
     train_seeds: tuple = (0,)  # training seeds of the decisive contrasts (chapter 1's three models)
     # L-inf radii (1/255) of the minimal-radius ladder: 0.125 apart up to 2, then wider up to 16
@@ -135,6 +144,9 @@ PROFILES: dict[str, Profile] = {
         feature_vis_steps=5,
         robustify_steps=3,
         source_image_size=16,
+        ladder_radii=(0.0, 2.0),
+        distill_steps=2,
+        distill_batch_size=4,
         radius_grid=(0.5, 2.0, 16.0),
         radius_floor_iterations=1,
     ),
@@ -187,6 +199,8 @@ PROFILES: dict[str, Profile] = {
         natural_sets_whole=True,
         feature_vis_steps=1000,
         robustify_steps=1000,
+        distill_steps=20000,
+        distill_batch_size=128,
         train_seeds=(0, 1, 2),
     ),
 }

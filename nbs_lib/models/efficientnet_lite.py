@@ -153,14 +153,20 @@ def _lite_weights_path(arch: str) -> Path:
     return verified(files[0], f"the ImageNet {arch} (reinstall '{package.replace('_', '-')}')")
 
 
-def _load_lite_state(model: SplitClassifier, blocks, stem, head, state: dict, keep_fc: bool):
-    """Copy a lukemelas-style state dict (``_conv_stem``, ``_blocks.N.*``, ``_fc``) into the model."""
+def _lukemelas_tensors(model: SplitClassifier, blocks, stem, head, keep_fc: bool) -> dict:
+    """The model's parameters and buffers under lukemelas-style names (``_conv_stem``, ``_blocks.N.*``, ``_fc``)."""
     targets = {f"_blocks.{i}.{k}": v for i, b in enumerate(blocks) for k, v in b.state_dict(keep_vars=True).items()}
     targets.update({k: v for k, v in stem.state_dict(keep_vars=True).items()})
     targets.update({k: v for k, v in head.state_dict(keep_vars=True).items()})
     if keep_fc:
         linear = model.classifier[1]
         targets.update({"_fc.weight": linear.weight, "_fc.bias": linear.bias})
+    return targets
+
+
+def _load_lite_state(model: SplitClassifier, blocks, stem, head, state: dict, keep_fc: bool):
+    """Copy a lukemelas-style state dict (``_conv_stem``, ``_blocks.N.*``, ``_fc``) into the model."""
+    targets = _lukemelas_tensors(model, blocks, stem, head, keep_fc)
     missing = sorted(set(targets) - set(state))
     if missing:
         raise ValueError(f"weights do not fit {model.arch}: missing {missing[:5]} ...")
@@ -172,17 +178,30 @@ def _load_lite_state(model: SplitClassifier, blocks, stem, head, state: dict, ke
             tensor.copy_(state[key])
 
 
-def build_efficientnet_lite(arch: str, num_classes: int, weights: str | None,
-                            bn_momentum: float) -> SplitClassifier:
+def lite_state_dict(model: SplitClassifier) -> dict:
+    """A Lite model's weights as a lukemelas-style state dict, the format of the ImageNet files:
+    ``load_model(arch, weights=<a file of it>)`` reads it like the ImageNet weights (the
+    robust sources of chapters 5-7 are stored so)."""
+    fresh, blocks, stem, head = _build_parts(model.arch, model.num_classes, 0.1)
+    by_tensor = {id(t): k for k, t in fresh.state_dict(keep_vars=True).items()}
+    names = {by_tensor[id(t)]: key for key, t in _lukemelas_tensors(fresh, blocks, stem, head, True).items()}
+    state = model.state_dict()
+    return {key: state[name].detach().clone() for name, key in names.items()}
+
+
+def _build_parts(arch: str, num_classes: int, bn_momentum: float):
     width, depth, dropout, _ = _LITE_SCALING[arch]
     blocks = _lite_blocks(width, depth, bn_momentum)
     stem, head = _LiteStem(bn_momentum), _LiteHead(blocks[-1]._project_conv.out_channels, bn_momentum)
     features = FeatureExtractor(Normalize(LITE_MEAN, LITE_STD), stem, _lite_stages(blocks, head))
-    model = SplitClassifier(features, 1280, num_classes, dropout, arch)
+    return SplitClassifier(features, 1280, num_classes, dropout, arch), blocks, stem, head
+
+
+def build_efficientnet_lite(arch: str, num_classes: int, weights: str | None,
+                            bn_momentum: float) -> SplitClassifier:
+    model, blocks, stem, head = _build_parts(arch, num_classes, bn_momentum)
     if weights is not None:
         path = _lite_weights_path(arch) if weights == "imagenet" else Path(weights)
         state = _read_state_dict(path)
         _load_lite_state(model, blocks, stem, head, state, keep_fc=num_classes == 1000)
     return model
-
-

@@ -43,7 +43,8 @@ def table5_layout(frame: pd.DataFrame) -> pd.DataFrame:
     table = table.swaplevel(axis=1)
     datasets = list(dict.fromkeys(frame.dataset))
     table = table[[(d, m) for d in datasets for m in ("aoi", "aai") if (d, m) in table.columns]]
-    return table.reindex([m for m in TABLE5_METHODS if m in set(frame.method)]).round(2)
+    order = [m for m in TABLE5_METHODS if m in set(frame.method)]
+    return table.reindex(order + [m for m in dict.fromkeys(frame.method) if m not in order]).round(2)
 
 
 def paper_table5_layout() -> pd.DataFrame:

@@ -6,9 +6,10 @@ Paper section "Robust ImageNet Pre-training". Two parts:
   source data are steeper on the target's images than features trained on the target
   itself (the paper: LL of ImageNet features against Alphabet features, on Alphabet).
   :func:`steepness_table`.
-* **Table 5** (:func:`method_study`): from a standard and an adversarially pre-trained
-  source (:mod:`nbs_lib.studies.sources`), six ways to fine-tune, each evaluated by AOI and AAI
-  under PGD-10#0.5:
+* **Table 5** (:func:`method_study`): from a standard and a robust ImageNet source (at
+  ``mini`` the ImageNet Lite0 and a rung of its self-distilled ladder,
+  :mod:`nbs_lib.studies.imagenet_sources`; at ``paper`` Salman et al.'s checkpoints), six
+  ways to fine-tune, each evaluated by AOI and AAI under PGD-10#0.5:
 
   ============== =================== ======================================
   method          starts from          fine-tuning
@@ -18,8 +19,14 @@ Paper section "Robust ImageNet Pre-training". Two parts:
   AT@stage-2      standard source      adversarial training
   AT@stage-1&2    adversarial source   adversarial training
   KD@stage-2      standard source      CE + feature distillation from the adversarial source
-  DM@stage-1&2    adversarial source   CE + lambda * LL (eq. 5)
+  DM@stage-1&2    adversarial source   CE + beta / batch * MSE(f(x'), f(x)) (the authors' code)
+  DM (eq. 5)      adversarial source   CE + lambda * LL, lambda from beta a priori
   ============== =================== ======================================
+
+DM is run both ways: as the authors' released code runs it (beta = 500, their inner ball
+0.5/255 and 10 steps; :class:`nbs_lib.methods.train.terms.DiscrepancyMitigatingMSE`) and as
+eq. 5 is written, with the lambda that gives the same value at the ball's edge
+(:func:`nbs_lib.methods.train.terms.lambda_from_beta`, about 1.5e-5).
 
 Every method reuses the learning rates that plain fine-tuning chose on each target by
 the profile's validation search, so the methods differ in their regime only.
@@ -35,19 +42,23 @@ from nbs_lib.core.profiles import Profile
 from nbs_lib.core.runs import RunCache
 from nbs_lib.methods.similarity import local_lipschitz
 from nbs_lib.methods.train.recipes import train_model
+from nbs_lib.methods.train.terms import AUTHORS_DM_BETA, lambda_from_beta
 from nbs_lib.models.layers import embeddings
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE5_METHODS
 from nbs_lib.report.verdicts import tally
 from nbs_lib.studies.common import attack_sample, evaluate_cached, model_claims, sample_id
 from nbs_lib.studies.sources import SourceModel, target_profile
 
-METHODS = TABLE5_METHODS  # Table 5's rows, in the paper's order
+DM = "DM@stage-1&2"  # the paper's DM row: the authors' code (beta * MSE)
+DM_EQ5 = "DM (eq. 5)"  # eq. 5 as written (lambda * LL), lambda from beta a priori
+METHODS = TABLE5_METHODS + (DM_EQ5,)  # Table 5's rows, in the paper's order, then eq. 5's DM
 
 
 def method_settings(method: str, standard: SourceModel, robust: SourceModel, adversarial: str,
                     distill_weight: float, lipschitz_weight: float, lipschitz_eps: float,
-                    lipschitz_steps: int) -> dict:
+                    lipschitz_steps: int, dm_beta: float = AUTHORS_DM_BETA) -> dict:
     """``train_model`` keyword arguments of one Table 5 method."""
+    ball = {"lipschitz_eps": lipschitz_eps, "lipschitz_steps": lipschitz_steps}
     settings = {
         "full": {"weights": standard.weights},
         "AT@stage-1": {"weights": robust.weights},
@@ -55,8 +66,8 @@ def method_settings(method: str, standard: SourceModel, robust: SourceModel, adv
         "AT@stage-1&2": {"weights": robust.weights, "adversarial": adversarial},
         "KD@stage-2": {"weights": standard.weights, "distill_weight": distill_weight,
                        "teacher": str(robust.weights)},
-        "DM@stage-1&2": {"weights": robust.weights, "lipschitz_weight": lipschitz_weight,
-                         "lipschitz_eps": lipschitz_eps, "lipschitz_steps": lipschitz_steps},
+        DM: {"weights": robust.weights, "dm_beta": dm_beta, **ball},
+        DM_EQ5: {"weights": robust.weights, "lipschitz_weight": lipschitz_weight, **ball},
     }
     if method not in settings:
         raise ValueError(f"Unknown method {method!r}; use one of {METHODS}.")
@@ -65,16 +76,20 @@ def method_settings(method: str, standard: SourceModel, robust: SourceModel, adv
 
 def method_study(targets, standard: SourceModel, robust: SourceModel, profile: str | Profile = "mini",
                  methods=METHODS, adversarial: str = "PGD-3#2", distill_weight: float = 1.0,
-                 lipschitz_weight: float = 1e-4, lipschitz_eps: float = 2.0, lipschitz_steps: int = 3,
-                 seed: int = 0, device="auto", cache: RunCache | None = None,
+                 lipschitz_weight: float | None = None, lipschitz_eps: float = 0.5, lipschitz_steps: int = 10,
+                 dm_beta: float = AUTHORS_DM_BETA, seed: int = 0, device="auto", cache: RunCache | None = None,
                  attack: str = TABLE1_ATTACK, progress: bool = True):
     """Table 5: every method on every target, fully fine-tuned and attacked.
 
     Returns ``(frame, models)``: columns ``dataset, method, aoi, aai, dr, lr_f, lr_g,
     val_acc``, and ``{(dataset, method): TrainedModel}``. ``full`` runs first on each
     target with the profile's learning-rate search; the other methods reuse its choice.
+    ``lipschitz_weight=None`` is eq. 5's lambda derived from ``dm_beta`` in the same ball
+    (:func:`nbs_lib.methods.train.terms.lambda_from_beta`).
     """
-    prof = target_profile(profile)
+    prof = target_profile(profile, standard)
+    if lipschitz_weight is None:
+        lipschitz_weight = lambda_from_beta(dm_beta, lipschitz_eps)
     cache = cache or RunCache()
     rows, models = [], {}
     for dataset in tqdm(list(targets), desc="targets", disable=not progress):
@@ -83,7 +98,7 @@ def method_study(targets, standard: SourceModel, robust: SourceModel, profile: s
         lr = {}
         for method in ["full", *[m for m in methods if m != "full"]]:
             kwargs = method_settings(method, standard, robust, adversarial, distill_weight,
-                                     lipschitz_weight, lipschitz_eps, lipschitz_steps)
+                                     lipschitz_weight, lipschitz_eps, lipschitz_steps, dm_beta)
             tm = train_model(dataset, "full", prof, arch=prof.arch, seed=seed, device=device, cache=cache,
                              progress=progress, **lr, **kwargs)
             if method == "full":
@@ -110,18 +125,18 @@ def feature_spread(model, images: torch.Tensor, device="auto", batch_size: int =
 
 def lambda_sweep(dataset: str, standard: SourceModel, robust: SourceModel, lambdas,
                  profile: str | Profile = "mini", **kwargs) -> pd.DataFrame:
-    """DM@stage-1&2 on one target for several lambda (0 is AT@stage-1: plain fine-tuning).
+    """DM as eq. 5 writes it on one target for several lambda (0 is AT@stage-1: plain fine-tuning).
 
     Besides AOI, AAI and DR, each row has the fine-tuned features' size and spread on the
     attack sample (:func:`feature_spread`), which show how a large lambda flattens f.
     """
-    images, _, _ = attack_sample(dataset, target_profile(profile), kwargs.get("seed", 0))
+    images, _, _ = attack_sample(dataset, target_profile(profile, standard), kwargs.get("seed", 0))
     frames = []
     for lam in lambdas:
         if lam == 0:
             frame, models = method_study([dataset], standard, robust, profile, ("AT@stage-1",), **kwargs)
         else:
-            frame, models = method_study([dataset], standard, robust, profile, ("DM@stage-1&2",),
+            frame, models = method_study([dataset], standard, robust, profile, (DM_EQ5,),
                                          lipschitz_weight=lam, **kwargs)
         (model,) = models.values()
         frames.append(frame.assign(lipschitz_weight=lam,
@@ -149,12 +164,11 @@ def best_method(frame: pd.DataFrame, tolerance: float = 5.0) -> pd.DataFrame:
         comparable = part[part.aoi >= full_aoi - tolerance]
         rows.append({"dataset": dataset, "most robust": part.aai.idxmax(),
                      f"most robust with AOI within {tolerance:g} of full": comparable.aai.idxmax(),
-                     "DM AAI": part.aai.get("DM@stage-1&2"), "best other AAI":
-                     part.drop(index="DM@stage-1&2", errors="ignore").aai.max()})
+                     "DM AAI": part.aai.get(DM), "best other AAI":
+                     part.drop(index=[DM, DM_EQ5], errors="ignore").aai.max()})
     return pd.DataFrame(rows).set_index("dataset")
 
 
-DM = "DM@stage-1&2"
 TABLE5_CLAIMS = (("is more robust", "higher", "radius"), ("is more robust", "higher", "robust"),
                  ("has higher AOI", "higher", "aoi"))
 
@@ -182,8 +196,11 @@ def table5_verdicts(claims: pd.DataFrame, paper_table5: pd.DataFrame) -> pd.Data
     rows = []
     for (a, b, relation, measure), g in claims.groupby(["A", "B", "relation", "measure"], sort=False):
         column = "aoi" if "AOI" in relation else "aai"
-        wins = int((wide[(column, a)] > wide[(column, b)]).sum())
-        rows.append({"claim": f"{a} {relation} than {b}", "measure": measure,
-                     "paper": f"{column.upper()} higher on {wins} of {len(wide)} targets",
+        if (column, a) in wide and (column, b) in wide:
+            wins = int((wide[(column, a)] > wide[(column, b)]).sum())
+            paper_side = f"{column.upper()} higher on {wins} of {len(wide)} targets"
+        else:  # eq. 5's DM is this book's second reading, not a row of the paper
+            paper_side = "not in the paper"
+        rows.append({"claim": f"{a} {relation} than {b}", "measure": measure, "paper": paper_side,
                      "this book": tally(g["verdict"])})
     return pd.DataFrame(rows)

@@ -16,7 +16,7 @@ weights.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +47,7 @@ class SourceModel:
     clean_accuracy: float  # on the source's test sample
     robust_accuracy: float  # on the same images under ``evaluated_with``
     evaluated_with: str
+    validation: dict = field(default_factory=dict)  # a self-distilled ImageNet rung's validation (imagenet_sources)
 
     @property
     def label(self) -> str:
@@ -61,9 +62,14 @@ def source_profile(profile: str | Profile) -> Profile:
                      train_per_class=p.source_per_class, epochs_standard=p.source_epochs)
 
 
-def target_profile(profile: str | Profile) -> Profile:
-    """The profile for targets fine-tuned from a source pre-trained here (same backbone and size)."""
+def target_profile(profile: str | Profile, source: "SourceModel | None" = None) -> Profile:
+    """The profile for targets fine-tuned from ``source``: for a source pre-trained here its
+    backbone and size (``source_arch``, ``source_image_size``); for an ImageNet source
+    (``source.source == "imagenet"``) the profile itself, so that fine-tuning from the
+    ImageNet weights is chapter 1's model (the same cache entry)."""
     p = get_profile(profile)
+    if source is not None and source.source == "imagenet":
+        return p
     return p.replace(arch=p.source_arch, image_size=p.source_image_size)
 
 

@@ -36,6 +36,7 @@ class TrainConfig:
     lipschitz_weight: float = 0.0  # DM (eq. 5): lambda on the LL term; 0 switches DM off
     lipschitz_eps: float = 0.5  # DM: radius of the LL ball in the paper's units (/255)
     lipschitz_steps: int = 10  # DM: PGD steps of the LL inner max
+    dm_beta: float = 0.0  # DM as the authors' code runs it: beta * (1 / batch) * MSE(f(x'), f(x)); 0: off
     head: str = "epochs"  # partial: "lbfgs" fits g to convergence on f's embeddings (methods.train.head)
     head_l2_grid: tuple = ()  # head="lbfgs": L2 strengths on g's weights, the best on the validation split kept
     target_bn: bool = False  # partial: f's BatchNorm statistics re-estimated on the target first
@@ -54,7 +55,7 @@ class TrainConfig:
             spec = parse_attack(self.adversarial)
             if spec.name != "PGD":
                 raise ValueError(f"adversarial training needs a PGD spec such as 'PGD-7#8'; got {spec}")
-        for name in ("distill_weight", "lipschitz_weight"):
+        for name in ("distill_weight", "lipschitz_weight", "dm_beta"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0 (0 switches it off); got {value!r}")
@@ -75,8 +76,11 @@ class TrainConfig:
         if isinstance(self.lipschitz_steps, bool) or int(self.lipschitz_steps) != self.lipschitz_steps \
                 or self.lipschitz_steps < 1:
             raise ValueError(f"lipschitz_steps must be a positive integer; got {self.lipschitz_steps!r}")
+        if self.dm_beta > 0 and self.lipschitz_weight > 0:
+            raise ValueError("dm_beta (the authors' DM code) and lipschitz_weight (eq. 5 as written) are two "
+                             "versions of one regulariser: switch on one of them.")
         self._check_head()
-        if self.regime == "partial" and (self.distill_weight > 0 or self.lipschitz_weight > 0):
+        if self.regime == "partial" and self.regularised:
             raise ValueError("feature distillation and DM regularise f, which partial fine-tuning freezes: "
                              "use regime='full' (or 'standard').")
 
@@ -102,4 +106,4 @@ class TrainConfig:
     @property
     def regularised(self) -> bool:
         """Whether the loss has a term on f's features (KD or DM) besides the cross-entropy."""
-        return self.distill_weight > 0 or self.lipschitz_weight > 0
+        return self.distill_weight > 0 or self.lipschitz_weight > 0 or self.dm_beta > 0

@@ -85,7 +85,7 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
                 augment: str | None = None, cache: RunCache | None = None,
                 progress: bool = True, adversarial: str | None = None, distill_weight: float = 0.0,
                 teacher: str | Path | None = None, lipschitz_weight: float = 0.0,
-                lipschitz_eps: float = 0.5, lipschitz_steps: int = 10,
+                lipschitz_eps: float = 0.5, lipschitz_steps: int = 10, dm_beta: float = 0.0,
                 compile: bool | str = False, train_seed: int | None = None, head: str = "epochs",
                 target_bn: bool = False, fresh_samples: bool = False) -> TrainedModel:
     """Train (or load from the run cache) the paper's ``regime`` model of ``dataset``.
@@ -96,8 +96,8 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
 
     ``adversarial`` (a PGD spec such as ``"PGD-7#8"``) trains on adversarial examples
     (:func:`adversarial_batch`) instead of clean ones. ``distill_weight``/``teacher``
-    (KD@stage-2) and ``lipschitz_weight``/``lipschitz_eps``/``lipschitz_steps`` (DM,
-    eq. 5) are the :class:`TrainConfig` fields of the same names (see the module
+    (KD@stage-2), ``lipschitz_weight``/``lipschitz_eps``/``lipschitz_steps`` (DM,
+    eq. 5) and ``dm_beta`` (DM as the authors' code runs it, in the same ball) are the :class:`TrainConfig` fields of the same names (see the module
     docstring for Table 5's regimes). ``compile`` is :func:`fit`'s (speed only; not in
     the cache key).
 
@@ -133,7 +133,7 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
                              target_bn=target_bn, fresh_samples=fresh_samples, adversarial=adversarial, distill_weight=distill_weight,
                              teacher=None if teacher is None else str(teacher),
                              lipschitz_weight=lipschitz_weight, lipschitz_eps=lipschitz_eps,
-                             lipschitz_steps=lipschitz_steps)
+                             lipschitz_steps=lipschitz_steps, dm_beta=dm_beta)
         trained = _train_cached(dataset, arch, None if regime == "standard" else weights,
                                 len(train_full.classes), train_set, val_set, config, profile,
                                 device, cache, progress, compile, _epoch_data(dataset, config, profile, seed,

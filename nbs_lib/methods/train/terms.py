@@ -165,7 +165,84 @@ class DiscrepancyMitigating(FeatureTerm):
         return _batch_mean(lipschitz_ratio(feats, feats_perturbed, x, x_perturbed), share)
 
 
-FEATURE_TERMS = (FeatureDistillation, DiscrepancyMitigating)  # in the order the loss adds them
+# The authors' released DM code (train_dm.py) ran with batch 128 and ResNet-18's 512 features.
+AUTHORS_DM_BATCH, AUTHORS_DM_FEATURES, AUTHORS_DM_BETA = 128, 512, 500.0
+
+
+def mse_inner_max(features: nn.Module, x: torch.Tensor, eps: float, steps: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The inner max of the authors' DM code: x' in the L-inf ball of radius ``eps`` around x.
+
+    ``steps`` signed ascent steps of size ``1.25 * eps / steps`` on ``MSE(f(x'), f(x))``
+    from ``x + 0.001 * N(0, 1)``, projected onto the ball and [0, 1] after each step; the
+    last iterate is returned (their loop keeps no best iterate). Call it with ``features``
+    in eval mode and frozen (their ``model.eval()``), float32.
+    """
+    x = x.detach()
+    alpha = 1.25 * eps / steps
+    with torch.no_grad():
+        f_x = features(x).float()
+        lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+        noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device)
+        x_adv = (x + 0.001 * noise.to(x.device)).clamp_(lo, hi)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.mse_loss(features(x_adv).float(), f_x), x_adv)
+        x_adv = (x_adv.detach() + alpha * grad.sign()).clamp_(lo, hi)
+    return x_adv.detach()
+
+
+def lambda_from_beta(beta: float = AUTHORS_DM_BETA, eps_255: float = 0.5, batch_size: int = AUTHORS_DM_BATCH,
+                     embedding_dim: int = AUTHORS_DM_FEATURES, feature_change: float = 1.0) -> float:
+    """Eq. 5's lambda that gives the authors' DM term its value, decided before any run.
+
+    Their term is ``beta / batch * MSE(f(x'), f(x)) = beta / (batch * D) * ||f(x') - f(x)||_2^2``
+    per image (``MSE`` averages over the batch and the D features); eq. 5's is
+    ``lambda * ||f(x') - f(x)||_1 / ||x' - x||_inf``. At the edge of the ball
+    (``||x' - x||_inf = eps``), with every feature moved by ``feature_change`` (the order of
+    a post-ReLU average-pooled feature, about 1), the two are ``beta * c^2 / batch`` and
+    ``lambda * D * c / eps``; equal when
+
+        lambda = beta * eps * c / (batch * D).
+
+    For the paper (beta 500, eps 0.5/255, batch 128, D 512, c 1): 500 * 0.00196 / 65,536
+    = 1.5e-5.
+    """
+    if min(beta, eps_255, batch_size, embedding_dim, feature_change) <= 0:
+        raise ValueError("beta, eps_255, batch_size, embedding_dim and feature_change must be positive.")
+    return beta * (eps_255 / 255.0) * feature_change / (batch_size * embedding_dim)
+
+
+class DiscrepancyMitigatingMSE(FeatureTerm):
+    """DM as the authors' released code runs it: ``dm_beta * (1 / batch) * MSE(f(x'), f(x))``.
+
+    x' is :func:`mse_inner_max` in the ball of radius ``lipschitz_eps``/255 with
+    ``lipschitz_steps`` steps (theirs: 0.5/255, 10). The batch is this step's (their 128);
+    MSE averages over the batch and f's features. Compare :class:`DiscrepancyMitigating`
+    (eq. 5 as written) and :func:`lambda_from_beta`.
+    """
+
+    KEY_DEFAULTS = {"dm_beta": 0.0}
+    history_key = "dm_mse"
+    needs_perturbed = True
+    float32 = True
+
+    @property
+    def weight(self) -> float:
+        return self.config.dm_beta
+
+    def perturbed(self, model, x, generator):
+        with frozen_eval(model):
+            return mse_inner_max(model.features, x, self.config.lipschitz_eps / 255.0, self.config.lipschitz_steps,
+                                 generator)
+
+    def value(self, feats, feats_perturbed, x, x_perturbed, share):
+        # the global batch: under DDP share = world / local batch, so world * local = share * local^2
+        batch = len(x) if share is None else round(share * len(x) ** 2)
+        return _feature_mse(feats_perturbed, feats, share) / batch
+
+
+FEATURE_TERMS = (FeatureDistillation, DiscrepancyMitigating, DiscrepancyMitigatingMSE)  # in the order the loss adds them
 
 
 def feature_terms(config: TrainConfig) -> list[FeatureTerm]:
