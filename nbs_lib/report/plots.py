@@ -450,3 +450,20 @@ def transfer_curve_grid(curves: pd.DataFrame, hue: str = "source_eps", hue_title
     if grid.legend is not None:
         grid.legend.set_title(hue_title)
     return grid.figure
+
+
+def lambda_sweep_plot(sweep: pd.DataFrame, a_priori: float):
+    """Chapter 6's sensitivity study: AOI and AAI against eq. 5's lambda, the a-priori value marked."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    ax.plot(sweep.lipschitz_weight, sweep.aoi, marker="o", color="#4c72b0", label="AOI (clean)")
+    ax.plot(sweep.lipschitz_weight, sweep.aai, marker="s", color="#c44e52", label="AAI (PGD-10#0.5)")
+    positive = [w for w in sweep.lipschitz_weight if w > 0]
+    ax.set_xscale("symlog", linthresh=min(positive, default=1.0))
+    ax.axvline(a_priori, color="0.4", linestyle="--", linewidth=1)
+    ax.text(a_priori, 1.02, "a-priori lambda", transform=ax.get_xaxis_transform(), ha="center", fontsize=9)
+    ax.set_xlabel("lambda (eq. 5)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig

@@ -26,7 +26,8 @@ Paper section "Robust ImageNet Pre-training". Two parts:
 DM is run both ways: as the authors' released code runs it (beta = 500, their inner ball
 0.5/255 and 10 steps; :class:`nbs_lib.methods.train.terms.DiscrepancyMitigatingMSE`) and as
 eq. 5 is written, with the lambda that gives the same value at the ball's edge
-(:func:`nbs_lib.methods.train.terms.lambda_from_beta`, about 1.5e-5).
+(:func:`nbs_lib.methods.train.terms.lambda_from_beta`: 1.5e-5 for their batch of 128 and 512 features,
+1.2e-5 for a batch of 64 and the Lite0's 1,280).
 
 Every method reuses the learning rates that plain fine-tuning chose on each target by
 the profile's validation search, so the methods differ in their regime only.
@@ -42,7 +43,7 @@ from nbs_lib.core.profiles import Profile
 from nbs_lib.core.runs import RunCache
 from nbs_lib.methods.similarity import local_lipschitz
 from nbs_lib.methods.train.recipes import train_model
-from nbs_lib.methods.train.terms import AUTHORS_DM_BETA, lambda_from_beta
+from nbs_lib.methods.train.terms import AUTHORS_DM_BATCH, AUTHORS_DM_BETA, AUTHORS_DM_FEATURES, lambda_from_beta
 from nbs_lib.models.layers import embeddings
 from nbs_lib.report.paper import TABLE1_ATTACK, TABLE5_METHODS
 from nbs_lib.report.verdicts import tally
@@ -84,12 +85,12 @@ def method_study(targets, standard: SourceModel, robust: SourceModel, profile: s
     Returns ``(frame, models)``: columns ``dataset, method, aoi, aai, dr, lr_f, lr_g,
     val_acc``, and ``{(dataset, method): TrainedModel}``. ``full`` runs first on each
     target with the profile's learning-rate search; the other methods reuse its choice.
-    ``lipschitz_weight=None`` is eq. 5's lambda derived from ``dm_beta`` in the same ball
-    (:func:`nbs_lib.methods.train.terms.lambda_from_beta`).
+    ``lipschitz_weight=None`` is eq. 5's lambda derived from ``dm_beta`` in the same ball, for
+    this run's batch and embedding size (:func:`nbs_lib.methods.train.terms.lambda_from_beta`).
     """
     prof = target_profile(profile, standard)
     if lipschitz_weight is None:
-        lipschitz_weight = lambda_from_beta(dm_beta, lipschitz_eps)
+        lipschitz_weight = lambda_from_beta(dm_beta, lipschitz_eps, prof.batch_size, robust.trained.model.embedding_dim)
     cache = cache or RunCache()
     rows, models = [], {}
     for dataset in tqdm(list(targets), desc="targets", disable=not progress):
@@ -144,14 +145,58 @@ def lambda_sweep(dataset: str, standard: SourceModel, robust: SourceModel, lambd
     return pd.concat(frames, ignore_index=True)
 
 
-def steepness_table(models: dict, images, eps_255: float = 2.0, steps: int = 10, device="auto",
+def steepness_table(models: dict, images, eps_255: float = 0.5, steps: int = 10, device="auto",
                     progress: bool = False) -> pd.DataFrame:
-    """LL (eq. 4) of each model's f on the same images: ``{name: model}`` -> rows ``model, ll``."""
-    rows = [{"model": name, "ll": local_lipschitz(getattr(m, "model", m).features, images,
-                                                  eps_255=eps_255, steps=steps, device=device,
-                                                  progress=progress)}
-            for name, m in models.items()]
+    """LL (eq. 4) of each model's f on the same images: ``{name: model}`` -> rows ``model, ll,
+    feature_l1, ll_normalised``. ``ll_normalised`` is LL divided by the mean ``||f(x)||_1`` on
+    the images: the relative change of the features per unit of input change, which compares
+    feature spaces of different scales (a feature map can lower its LL by shrinking)."""
+    rows = []
+    for name, m in models.items():
+        model = getattr(m, "model", m)
+        ll = local_lipschitz(model.features, images, eps_255=eps_255, steps=steps, device=device, progress=progress)
+        l1 = feature_spread(model, images, device)["feature_l1"]
+        rows.append({"model": name, "ll": ll, "feature_l1": l1, "ll_normalised": ll / l1})
     return pd.DataFrame(rows)
+
+
+def dm_strengths(beta: float = AUTHORS_DM_BETA, eps_255: float = 0.5, batch_size: int = AUTHORS_DM_BATCH,
+                 embedding_dim: int = AUTHORS_DM_FEATURES) -> pd.DataFrame:
+    """The derivation of eq. 5's lambda from the authors' beta, for their run (batch 128, 512
+    features) and for this run's batch and embedding (chapter 6's text)."""
+    rows = []
+    for run, b, d in (("the authors' run", AUTHORS_DM_BATCH, AUTHORS_DM_FEATURES), ("this run", batch_size, embedding_dim)):
+        rows.append({"run": run, "beta": beta, "batch B": b, "features D": d, "eps (1/255)": eps_255,
+                     "beta / (B D)": beta / (b * d), "lambda = beta eps / (B D)": lambda_from_beta(beta, eps_255, b, d)})
+    return pd.DataFrame(rows)
+
+
+def dm_terms_on(model, images, batch: int, beta: float = AUTHORS_DM_BETA, eps_255: float = 0.5,
+                steps: int = 10, device="auto", chunk: int = 128) -> dict:
+    """Both DM terms at their own inner maxima on ``images`` for ``model``'s f (the robust source,
+    before fine-tuning): the authors' ``beta / batch * MSE`` and eq. 5's ``lambda * LL`` with
+    the a-priori lambda for that batch and f's embedding, and the mean per-feature change that
+    the derivation assumed to be 1."""
+    from nbs_lib.core.device import frozen_eval, resolve_device
+    from nbs_lib.methods.train.terms import mse_inner_max
+
+    device = resolve_device(device)
+    features = getattr(model, "model", model).features
+    eps = eps_255 / 255.0
+    squared, changes = [], []
+    with frozen_eval(features, device):
+        generator = torch.Generator(device=device).manual_seed(0)
+        for i in range(0, len(images), chunk):
+            x = images[i:i + chunk].to(device)
+            x_adv = mse_inner_max(features, x, eps, steps, generator)
+            with torch.no_grad():
+                delta = (features(x_adv) - features(x)).float()
+            squared.append(delta.pow(2).mean(1))
+            changes.append(delta.abs().mean(1))
+    mse = float(torch.cat(squared).mean())
+    ll = local_lipschitz(features, images, eps_255=eps_255, steps=steps, device=device, progress=False)
+    lam = lambda_from_beta(beta, eps_255, batch, getattr(model, "model", model).embedding_dim)
+    return {"authors_term": beta / batch * mse, "eq5_term": lam * ll, "mean_feature_change": float(torch.cat(changes).mean())}
 
 
 def best_method(frame: pd.DataFrame, tolerance: float = 5.0) -> pd.DataFrame:

@@ -97,7 +97,7 @@ def robust_imagenet_source(eps_255: float, profile: str | Profile = "mini", seed
                         code_version=LADDER_CODE_VERSION)
     own = config.eps_255 if config.eps_255 > 0 else 0.5
     trained = TrainedModel(model, key, stored["history"], report["agreement@0"])
-    return SourceModel("imagenet", None if config.eps_255 == 0 else f"self-distilled {config.spec}", trained,
+    return SourceModel("imagenet", None if config.eps_255 == 0 else config.spec, trained,
                        weights, report["agreement@0"], report[f"agreement@{own:g}"],
                        f"agreement with the teacher under PGD-10#{own:g}", validation=report)
 

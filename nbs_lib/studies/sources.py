@@ -51,6 +51,8 @@ class SourceModel:
 
     @property
     def label(self) -> str:
+        if self.validation:  # a rung of the self-distilled ImageNet ladder (imagenet_sources)
+            return f"{self.source}, self-distilled ({self.adversarial or 'control, no attack'})"
         return f"{self.source} ({'standard' if self.adversarial is None else 'AT ' + self.adversarial})"
 
 
