@@ -90,3 +90,28 @@ def test_mse_inner_max_as_released():
     # ten signed steps of 1.25 eps / 10 carry most pixels to the ball's edge (a linear f: 91% of them)
     moved = (x_adv - x).abs()[(x - eps > 0) & (x + eps < 1)]
     assert (moved > 0.9 * eps).float().mean() > 0.8 and moved.mean() > 0.9 * eps
+
+
+@needs_photos
+def test_a_rung_is_cached_validated_and_fine_tunable(tmp_path, monkeypatch):
+    """robust_imagenet_source at smoke: trained once, validated, stored as an ImageNet-format file."""
+    from nbs_lib.core.runs import RunCache
+    from nbs_lib.models.registry import load_model
+    from nbs_lib.studies import imagenet_sources
+
+    torch.set_num_threads(1)
+    cache = RunCache(tmp_path)
+    rung = imagenet_sources.robust_imagenet_source(2.0, "smoke", device="cpu", cache=cache, progress=False)
+    assert len(rung.trained.history) == 2 and rung.adversarial == "PGD-3#2"
+    assert {"agreement@0", "agreement@2", "ll@0.5", "chelsea kept"} <= set(rung.validation)
+    assert rung.label == "imagenet, self-distilled (PGD-3#2)"
+    model = load_model("efficientnet_lite0", weights=rung.weights, num_classes=26).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(model.features(x), rung.trained.model.features(x))  # the file is the rung's f
+    calls = []
+    monkeypatch.setattr(imagenet_sources, "self_distill", lambda *a, **k: calls.append(1))
+    again = imagenet_sources.robust_imagenet_source(2.0, "smoke", device="cpu", cache=cache, progress=False)
+    assert not calls and again.validation == rung.validation  # from the cache, not retrained
+    table = imagenet_sources.ladder_table({2.0: rung}, "smoke", device="cpu", cache=cache)
+    assert list(table.source) == ["ImageNet (teacher)", "rung 2/255"]
+    assert table.loc[0, "agreement@0"] == 1.0

@@ -59,10 +59,11 @@ class Profile:
     ladder_radii: tuple = (0.0, 0.5, 2.0)
     distill_steps: int = 1500
     distill_batch_size: int = 32
-    distill_lr: float = 1e-5
+    distill_lr: float = 1e-4
     distill_attack_steps: int = 3
     distill_robust_weight: float = 1.0
     distill_target: str = "logits"
+    ladder_validation_crops: int = 256  # held-out crops every rung is validated on
     natural_sets_whole: bool = False  # the natural-image targets whole, ignoring the per-class caps (paper)
     train_seeds: tuple = (0,)  # training seeds of the decisive contrasts (chapter 1's three models)
     # L-inf radii (1/255) of the minimal-radius ladder: 0.125 apart up to 2, then wider up to 16
@@ -147,6 +148,7 @@ PROFILES: dict[str, Profile] = {
         ladder_radii=(0.0, 2.0),
         distill_steps=2,
         distill_batch_size=4,
+        ladder_validation_crops=8,
         radius_grid=(0.5, 2.0, 16.0),
         radius_floor_iterations=1,
     ),

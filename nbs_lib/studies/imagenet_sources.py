@@ -30,7 +30,6 @@ from nbs_lib.models.registry import load_model
 from nbs_lib.studies.sources import SourceModel
 
 LADDER_CODE_VERSION = 1  # bump when the distillation or its validation changes
-VALIDATION_CROPS = 256  # held-out crops every rung is validated on
 VALIDATION_SEED = 12345
 
 
@@ -62,10 +61,10 @@ def _train_rung(config: DistillConfig, cache: RunCache, device, progress: bool) 
     return key, stored
 
 
-def _validate(student, teacher, config: DistillConfig, device) -> dict:
+def _validate(student, teacher, config: DistillConfig, crops: int, device) -> dict:
     """Agreement with the teacher on held-out crops (clean and under PGD-10), LL of f there
     (eq. 4 at 0.5/255), and the top-1 ImageNet class of chapter 0's sanity photographs."""
-    held = photo_crops(VALIDATION_CROPS, config.image_size, VALIDATION_SEED, split="held_out")
+    held = photo_crops(crops, config.image_size, VALIDATION_SEED, split="held_out")
     radii = sorted({0.0, 0.25, 0.5, 1.0, 2.0, config.eps_255})
     row = {f"agreement@{r:g}": share for r, share in agreement(student, teacher, held, radii, device=device).items()}
     row["ll@0.5"] = local_lipschitz(student.features, held[:128], eps_255=0.5, device=device, progress=False)
@@ -93,8 +92,9 @@ def robust_imagenet_source(eps_255: float, profile: str | Profile = "mini", seed
     if not weights.exists():
         atomic_write_bytes(weights, lambda f: torch.save(lite_state_dict(model), f))
     teacher = load_model(config.arch, weights=config.weights).eval()
-    report = cache.memo("source_validation", key, lambda: _validate(model, teacher, config, device),
-                        code_version=LADDER_CODE_VERSION)
+    crops = get_profile(profile).ladder_validation_crops
+    report = cache.memo("source_validation", {**key, "crops": crops},
+                        lambda: _validate(model, teacher, config, crops, device), code_version=LADDER_CODE_VERSION)
     own = config.eps_255 if config.eps_255 > 0 else 0.5
     trained = TrainedModel(model, key, stored["history"], report["agreement@0"])
     return SourceModel("imagenet", None if config.eps_255 == 0 else config.spec, trained,
@@ -121,10 +121,11 @@ def ladder_table(rungs: dict[float, SourceModel], profile: str | Profile = "mini
     p = get_profile(profile)
     teacher = load_model(p.arch, weights="imagenet").eval()
     config = distill_config(max(rungs, default=0.0), p)
-    key = RunCache.versioned({"kind": "imagenet teacher", "arch": p.arch, "image_size": p.image_size},
-                             LADDER_CODE_VERSION)
+    key = RunCache.versioned({"kind": "imagenet teacher", "arch": p.arch, "image_size": p.image_size,
+                              "crops": p.ladder_validation_crops, "radii": sorted(rungs)}, LADDER_CODE_VERSION)
     rows.insert(0, {"source": "ImageNet (teacher)",
-                    **cache.memo("source_validation", key, lambda: _validate(teacher, teacher, config, device),
+                    **cache.memo("source_validation", key,
+                                 lambda: _validate(teacher, teacher, config, p.ladder_validation_crops, device),
                                  code_version=LADDER_CODE_VERSION), "steps": 0})
     return pd.DataFrame(rows)
 
