@@ -18,11 +18,10 @@ from nbs_lib.studies.ch07_robust_transfer import (
     image_roughness,
     ladder_spec,
     noise_seed_images,
-    pretrain_robustified,
     random_other_classes,
+    robustified_pair,
     robustify_images,
     source_eps,
-    source_ladder,
     standard_target_model,
     target_datasets,
     transfer_curve,
@@ -85,6 +84,19 @@ def test_visualisation_raises_the_chosen_activation(tiny_model, one_thread):
         visualise_features(tiny_model, [512], size=16, steps=1, device="cpu")
 
 
+def test_fourier_visualisation_raises_the_activation_with_smooth_images(tiny_model, one_thread):
+    components = active_components([tiny_model], 16, 2, device="cpu")
+    vis = visualise_features(tiny_model, components, size=16, steps=30, device="cpu", parametrisation="fourier")
+    assert vis.images.shape == (2, 3, 16, 16) and vis.images.min() > 0 and vis.images.max() < 1
+    assert (vis.final_activation > vis.start_activation).all()
+    again = visualise_features(tiny_model, components, size=16, steps=30, device="cpu", parametrisation="fourier")
+    assert torch.equal(again.images, vis.images)  # the start spectrum and the jitter come from the seed
+    pixels = visualise_features(tiny_model, components, size=16, steps=30, device="cpu")
+    assert (image_roughness(vis.images) < image_roughness(pixels.images)).all()  # the 1/f prior smooths
+    with pytest.raises(ValueError, match="parametrisation"):
+        visualise_features(tiny_model, components, size=16, steps=1, device="cpu", parametrisation="lucid")
+
+
 def test_roughness_and_colour_of_known_images():
     flat = torch.full((1, 3, 8, 8), 0.3)
     checker = ((torch.arange(8).view(8, 1) + torch.arange(8).view(1, 8)) % 2).float().expand(1, 3, 8, 8)
@@ -121,8 +133,6 @@ def test_ladder_specs_and_errors():
     assert ladder_spec(0) is None and ladder_spec(8) == "PGD-3#8" and ladder_spec(0.5, 7) == "PGD-7#0.5"
     with pytest.raises(ValueError, match=">= 0"):
         ladder_spec(-1)
-    with pytest.raises(ValueError, match="two robustness levels"):
-        source_ladder("digits", [8])
 
 
 def test_curve_summary_reads_the_sign_of_the_trend():
@@ -136,44 +146,62 @@ def test_curve_summary_reads_the_sign_of_the_trend():
     assert summary.loc["standard", "early rho"] == pytest.approx(1.0)
     assert summary.loc["anti-robust", "final rho"] == pytest.approx(-1.0)
     assert summary.loc["standard", "final eps=8"] == 72
+    # a second training seed: the summary reads the mean curve over seeds
+    seeded = pd.concat([pd.DataFrame(rows).assign(seed=0),
+                        pd.DataFrame(rows).assign(seed=1, accuracy=lambda f: f.accuracy + 10)])
+    mean = curve_summary(seeded).set_index("variant")
+    assert mean.loc["standard", "final eps=8"] == 77 and mean.loc["standard", "early rho"] == pytest.approx(1.0)
 
 
 @pytest.mark.slow
 def test_chapter_pipeline_at_smoke(tmp_path, one_thread):
-    """The ladder, anti-robust splits, transfer curves (cached) and the robustified source, end to end."""
+    """The self-distilled ImageNet ladder, anti-robust splits, transfer curves over two seeds
+    (cached) and the robustified pair, end to end at smoke."""
+    from nbs_lib.studies.imagenet_sources import ladder
+    from nbs_lib.studies.sources import target_profile
+
     cache = RunCache(tmp_path)
     prof = get_profile("smoke")
-    kwargs = dict(seed=0, device="cpu", cache=cache)
-    ladder = source_ladder("digits", (0, 8), prof, evaluate_with="PGD-10#8", progress=False, **kwargs)
-    assert [source_eps(s) for s in ladder] == [0.0, 8.0]
-    visuals, table = visualisation_grid(ladder, count=2, size=16, steps=3, device="cpu")
+    kwargs = dict(device="cpu", cache=cache)
+    rungs = list(ladder(prof, seed=0, progress=False, **kwargs).values())
+    assert [source_eps(s) for s in rungs] == [0.0, 2.0]
+    tprof = target_profile(prof, rungs[0])
+    assert tprof.arch == prof.arch and tprof.image_size == prof.image_size  # chapter 1's targets
+    visuals, table = visualisation_grid(rungs, count=2, size=tprof.image_size, steps=3, device="cpu")
     assert len(visuals) == 2 and len(table) == 4
     assert table.final_roughness.between(0, 1).all()
     assert (table.groupby("component").start_roughness.nunique() == 1).all()  # same noise for every source
-    classifier = standard_target_model("mnist", prof, progress=False, **kwargs)
-    splits = anti_robust_splits("mnist", get_profile("smoke", image_size=16), classifier, "PGD-5#16", **kwargs)
-    assert set(splits) == {"train", "test"}
+    classifier = standard_target_model("mnist", tprof, progress=False, **kwargs)
+    splits = anti_robust_splits("mnist", tprof, classifier, "PGD-5#16", **kwargs)
+    assert set(splits) == {"train", "test"} and splits["train"].data.images.shape[-1] == tprof.image_size
     assert (splits["train"].data.labels != splits["train"].original_labels).all()
-    again = anti_robust_splits("mnist", get_profile("smoke", image_size=16), classifier, "PGD-5#16", **kwargs)
+    again = anti_robust_splits("mnist", tprof, classifier, "PGD-5#16", **kwargs)
     assert torch.equal(again["test"].data.images, splits["test"].data.images)  # from the cache
-    data = target_datasets(["mnist"], prof, {"mnist": splits})
+    data = target_datasets(["mnist"], tprof, {"mnist": splits})
     assert set(data) == {("mnist", "standard"), ("mnist", "anti-robust")}
-    curves = transfer_study(ladder, data, profile=prof, epochs=2, progress=False, **kwargs)
-    assert len(curves) == 2 * 2 * 2 * 2  # datasets x modes x sources x epochs
-    assert curves.accuracy.between(0, 100).all()
+    standard_only = {("mnist", "standard"): data[("mnist", "standard")]}
+    curves = transfer_study(rungs, standard_only, profile=tprof, epochs=2, seeds=(0, 1), progress=False, **kwargs)
+    assert len(curves) == 2 * 2 * 2 * 2  # modes x sources x seeds x epochs
+    assert curves.accuracy.between(0, 100).all() and set(curves.seed) == {0, 1}
     train, test = data[("mnist", "standard")]
-    cached = transfer_curve(ladder[1], train, test, "full fine-tuning", prof, 2, progress=False, **kwargs)
-    assert cached == curves[(curves.source_eps == 8) & (curves["mode"] == "full fine-tuning")
-                            & (curves.variant == "standard")][["epoch", "accuracy", "train_acc"]].to_dict("records")
-    made, summary = pretrain_robustified("digits", ladder[0], ladder[1], prof, steps=3, progress=False, **kwargs)
-    assert summary["distance_final"] < summary["distance_start"]
-    assert made.source == "digits-robustified" and made.weights.is_file()
+    cached = transfer_curve(rungs[1], train, test, "full fine-tuning", tprof, 2, seed=1, progress=False, **kwargs)
+    assert cached == curves[(curves.source_eps == 2) & (curves["mode"] == "full fine-tuning")
+                            & (curves.seed == 1)][["epoch", "accuracy", "train_acc"]].to_dict("records")
+    baseline, robustified, summary = robustified_pair(rungs[1], prof, seed=0, progress=False, **kwargs)
+    assert summary["distance at the end"] < summary["distance from the seed crop"]
+    assert summary["crops"] == prof.robustify_pool and summary["matching steps"] == prof.robustify_steps
+    assert "original" in baseline.label and "robustified" in robustified.label
+    assert baseline.weights.is_file() and robustified.weights.is_file() and baseline.weights != robustified.weights
+    assert source_eps(robustified) == 0.0 and len(robustified.trained.history) == prof.pool_distill_steps
     with pytest.raises(ValueError, match="transfer mode"):
-        transfer_curve(ladder[0], train, test, "linear probe", prof, 1, **kwargs)
+        transfer_curve(rungs[0], train, test, "linear probe", tprof, 1, **kwargs)
+    with pytest.raises(ValueError, match="seeds"):
+        transfer_study(rungs, standard_only, profile=tprof, epochs=1, seeds=0, **kwargs)
 
 
-def test_anti_robust_splits_convert_any_profile_to_the_targets_size(monkeypatch):
-    """Like its siblings it takes the base profile: the data come at the source image size."""
+def test_anti_robust_splits_take_the_targets_profile_as_given(monkeypatch):
+    """The caller passes the targets' profile (sources.target_profile of the ladder): for an
+    ImageNet ladder that is the profile itself, chapter 1's backbone and size."""
     import nbs_lib.studies.ch07_robust_transfer as ch07
 
     seen = []
@@ -186,7 +214,7 @@ def test_anti_robust_splits_convert_any_profile_to_the_targets_size(monkeypatch)
     with pytest.raises(StopIteration):
         ch07.anti_robust_splits("mnist", "smoke", None)
     base = get_profile("smoke")
-    assert seen[0].image_size == base.source_image_size and seen[0].arch == base.source_arch
+    assert seen[0].image_size == base.image_size and seen[0].arch == base.arch
 
 
 def test_robustified_examples_use_the_callers_cache(monkeypatch, tmp_path):
@@ -194,14 +222,14 @@ def test_robustified_examples_use_the_callers_cache(monkeypatch, tmp_path):
 
     used = []
 
-    def fake(source, robust, profile, steps, step_size, seed, device, cache=None):
+    def fake(robust, profile, step_size=1.0, seed=0, device="auto", cache=None):
         used.append(cache)
         raise StopIteration
 
-    monkeypatch.setattr(ch07, "robustified_source", fake)
+    monkeypatch.setattr(ch07, "robustified_photos", fake)
     cache = RunCache(tmp_path)
     with pytest.raises(StopIteration):
-        ch07.robustified_examples("digits", None, "smoke", cache=cache)
+        ch07.robustified_examples(None, "smoke", cache=cache)
     assert used == [cache]
 
 
@@ -215,23 +243,6 @@ def test_checkpoint_ladder_reads_papermills_string_radii(monkeypatch):
         rt.checkpoint_ladder({"zero": "a.ckpt", "4": "b.ckpt"})
     with pytest.raises(ValueError, match="at least two"):
         rt.checkpoint_ladder({"4": "b.ckpt"})
-
-
-def test_robustified_source_needs_a_recipe_and_the_baseline_gives_one(monkeypatch):
-    import nbs_lib.studies.ch07_robust_transfer as rt
-    from nbs_lib.methods.train.recipes import TrainedModel
-    from nbs_lib.studies.sources import SourceModel
-
-    def source(name, config):
-        return SourceModel(name, None, TrainedModel(None, config, [], 0.0), None, 0.0, 0.0, "PGD-10#4")
-
-    here = source("digits", {"train": {"lr_g": 0.1}})
-    checkpoint = source("imagenet", {"weights": "abc", "arch": "resnet18"})
-    assert rt.robustified_baseline("digits", [here, here], "smoke") is here
-    monkeypatch.setattr(rt, "pretrain_source", lambda src, *args, **kwargs: ("pre-trained here", src))
-    assert rt.robustified_baseline("digits", [checkpoint, checkpoint], "smoke") == ("pre-trained here", "digits")
-    with pytest.raises(ValueError, match="read from a checkpoint"):
-        rt.pretrain_robustified("digits", checkpoint, checkpoint, "smoke")
 
 
 def test_what_reproduced_applies_its_stated_rules():
@@ -277,26 +288,23 @@ def test_anti_robust_images_of_a_lazy_dataset_match_in_memory(tiny_model, one_th
     assert lazy.max_perturbation == pytest.approx(eager.max_perturbation)
 
 
-def test_robustified_source_and_examples_of_a_lazy_dataset_match_in_memory(tiny_model, monkeypatch, tmp_path,
-                                                                           one_thread):
+def test_robustified_photos_match_the_robust_representation_and_are_cached(tiny_model, tmp_path, one_thread):
     import nbs_lib.studies.ch07_robust_transfer as rt
     from nbs_lib.methods.train.recipes import TrainedModel
     from nbs_lib.studies.sources import SourceModel
 
-    ds = LabeledImages("toy", "train", list("abcd"), torch.arange(12) % 4, images=_images(12))
     robust = SourceModel("toy", "PGD-3#4", TrainedModel(tiny_model, {"id": 1}, [], 0.0), None, 0.0, 0.0, "x")
-    out = {}
-    for kind, data in (("eager", ds), ("lazy", _lazy(ds))):
-        monkeypatch.setattr(rt, "load_dataset", lambda *args, data=data, **kwargs: data)
-        cache = RunCache(tmp_path / kind)
-        made, val, summary = rt.robustified_source("toy", robust, "smoke", steps=3, device="cpu", cache=cache)
-        rows = rt.robustified_examples("toy", robust, "smoke", steps=3, device="cpu", count=3, cache=cache)
-        out[kind] = made.images, summary, rows
-    assert torch.allclose(out["lazy"][0], out["eager"][0], atol=1e-6)
-    assert out["lazy"][1] == pytest.approx(out["eager"][1])
-    for (name, lazy_row), (_, eager_row) in zip(out["lazy"][2], out["eager"][2]):
-        for (a, _), (b, _) in zip(lazy_row, eager_row):
-            assert torch.allclose(a, b, atol=1e-6), name
+    prof = get_profile("smoke", robustify_steps=10, image_size=16)
+    cache = RunCache(tmp_path)
+    made = rt.robustified_photos(robust, prof, device="cpu", cache=cache)
+    assert made["images"].shape == (prof.robustify_pool, 3, 16, 16)
+    assert (made["final"] < made["start"]).all()
+    assert not torch.equal(made["seeds"], made["original"])  # every crop starts from another one
+    again = rt.robustified_photos(robust, prof, device="cpu", cache=cache)
+    assert torch.equal(again["images"], made["images"])
+    rows = rt.robustified_examples(robust, prof, device="cpu", count=3, cache=cache)
+    assert [name for name, _ in rows] == ["original", "seed crop", "robustified"]
+    assert torch.equal(rows[2][1][0][0], made["images"][0])
 
 
 def test_anti_robust_examples_of_a_lazy_target(monkeypatch):

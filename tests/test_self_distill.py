@@ -115,3 +115,21 @@ def test_a_rung_is_cached_validated_and_fine_tunable(tmp_path, monkeypatch):
     table = imagenet_sources.ladder_table({2.0: rung}, "smoke", device="cpu", cache=cache)
     assert list(table.source) == ["ImageNet (teacher)", "rung 2/255"]
     assert table.loc[0, "agreement@0"] == 1.0
+
+
+def test_distillation_on_a_fixed_pool_teaches_what_the_teacher_says_of_the_matching_crop():
+    """Section 4.3 of the second work: the student sees a stand-in crop and learns the teacher's
+    output on the crop it stands for, so on the stand-ins it ends up agreeing with that output."""
+    g = torch.Generator().manual_seed(0)
+    originals = torch.rand(16, 3, 1, 1, generator=g).expand(16, 3, SIZE, SIZE).contiguous()  # flat colours
+    stand_ins = originals.roll(1, dims=0)  # each crop stands for its neighbour
+    teacher = tiny_teacher()
+    config = DistillConfig(eps_255=0.0, steps=200, batch_size=8, image_size=SIZE, lr=1e-2, seed=0)
+    student, history = distill(tiny_teacher(), config, "cpu", progress=False, pool=(stand_ins, originals))
+    with torch.no_grad():
+        taught = (student(stand_ins).argmax(1) == teacher(originals).argmax(1)).float().mean()
+        untaught = (teacher(stand_ins).argmax(1) == teacher(originals).argmax(1)).float().mean()
+    assert taught > untaught + 0.3, (taught, untaught)  # a linear student cannot fit every pair
+    assert history[-1]["clean"] < history[0]["clean"] and history[0]["robust"] == history[0]["clean"]
+    with pytest.raises(ValueError, match="pool"):
+        distill(tiny_teacher(), config, "cpu", progress=False, pool=(stand_ins, originals[:4]))

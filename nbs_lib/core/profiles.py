@@ -53,7 +53,10 @@ class Profile:
     source_epochs: int = 20  # epochs of source pre-training
     transfer_epochs: int = 6  # epochs of each transfer curve (chapter 7)
     feature_vis_steps: int = 200  # gradient steps of a feature visualisation (chapter 7)
-    robustify_steps: int = 40  # gradient steps per image of the robustified source (chapter 7)
+    robustify_steps: int = 200  # gradient steps per image of the robustified source (chapter 7)
+    robustify_pool: int = 128  # photograph crops robustified for chapter 7's source-modification experiment
+    pool_distill_steps: int = 300  # distillation steps of a source made on such a fixed pool of crops
+    transfer_seeds: tuple = (0, 1)  # training seeds of every transfer curve (chapter 7's seed bands)
     # robust ImageNet sources made offline (chapters 5-7, nbs_lib.studies.imagenet_sources): radii (1/255) of
     # the self-distilled ladder (0: the control rung) and its training (nbs_lib.methods.train.self_distill)
     ladder_radii: tuple = (0.0, 0.5, 2.0)
@@ -144,6 +147,9 @@ PROFILES: dict[str, Profile] = {
         transfer_epochs=2,
         feature_vis_steps=5,
         robustify_steps=3,
+        robustify_pool=8,
+        pool_distill_steps=2,
+        transfer_seeds=(0,),
         source_image_size=16,
         ladder_radii=(0.0, 2.0),
         distill_steps=2,
@@ -201,6 +207,9 @@ PROFILES: dict[str, Profile] = {
         natural_sets_whole=True,
         feature_vis_steps=1000,
         robustify_steps=1000,
+        robustify_pool=10000,
+        pool_distill_steps=5000,
+        transfer_seeds=(0, 1, 2),
         distill_steps=20000,
         distill_batch_size=128,
         train_seeds=(0, 1, 2),

@@ -439,16 +439,23 @@ def before_after_grid(rows: list[tuple[str, list[tuple[torch.Tensor, str]]]], si
 
 
 def transfer_curve_grid(curves: pd.DataFrame, hue: str = "source_eps", hue_title: str = "source eps (/255)"):
-    """Fig. 3 of the second work: test accuracy against epochs, one line per source model,
-    one panel per dataset variant (columns) and transfer mode (rows)."""
+    """Fig. 3 of the second work: test accuracy against epochs, one line per source model (the
+    mean over training seeds, with a band spanning the seeds when there are several), one panel
+    per dataset variant (columns) and transfer mode (rows). Sources are told apart by a
+    colour-blind-safe palette, numeric radii in increasing order."""
     frame = curves.assign(panel=curves.dataset + " / " + curves.variant)
-    grid = sns.relplot(data=frame, x="epoch", y="accuracy", hue=hue, row="mode", col="panel", kind="line",
-                       marker="o", height=2.3, aspect=1.1, palette="viridis",
+    order = sorted(frame[hue].unique())
+    if pd.api.types.is_numeric_dtype(frame[hue]):
+        frame[hue], order = frame[hue].map(lambda v: f"{v:g}"), [f"{v:g}" for v in order]
+    grid = sns.relplot(data=frame, x="epoch", y="accuracy", hue=hue, hue_order=order, row="mode", col="panel",
+                       kind="line", marker="o", height=2.4, aspect=1.15, errorbar=("pi", 100),
+                       palette=sns.color_palette("colorblind", len(order)),
                        facet_kws={"sharey": False, "margin_titles": True})
     grid.set_axis_labels("epoch", "test accuracy (%)")
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
     if grid.legend is not None:
-        grid.legend.set_title(hue_title)
+        seeds = frame["seed"].nunique() if "seed" in frame else 1
+        grid.legend.set_title(hue_title + (f"\n(band: {seeds} seeds)" if seeds > 1 else ""))
     return grid.figure
 
 

@@ -6,9 +6,9 @@ robust source models transfer better only when the target shares the source's
 human-interpretable (robust) structure. Its four experiments, each built here on the
 book's own pieces:
 
-* **A ladder of robust sources** (Salman et al. 2020's ImageNet models at ``paper``):
-  the same backbone pre-trained at several adversarial-training radii, 0 included
-  (:func:`source_ladder`, on top of :func:`nbs_lib.studies.sources.pretrain_source`).
+* **A ladder of robust sources** (Salman et al. 2020's ImageNet models at ``paper``, read
+  from checkpoints by :func:`checkpoint_ladder`; at ``mini`` the ImageNet EfficientNet-Lite0
+  self-distilled at several radii, 0 the control, :mod:`nbs_lib.studies.imagenet_sources`).
 * **Feature visualisation** (section 4.1, after Engstrom et al. 2019): for chosen
   components i of the representation R = f(x), start from Gaussian noise x0 and
   ascend R(x)_i by normalised gradient steps (:func:`visualise_features`).
@@ -19,12 +19,12 @@ book's own pieces:
 * **Transfer curves** (Fig. 3): fixed-feature transfer (only g trained, f frozen with
   its source BatchNorm statistics; the ``partial`` regime) and full fine-tuning from
   every source, held-out test accuracy after every epoch (:func:`transfer_curve`).
-* **Source dataset modification** (section 4.3): every source training image x is
-  replaced by an image whose representation under the *robust* source matches R(x),
-  found by gradient descent from another source image (:func:`robustify_images`); a
-  standard model pre-trained on that "robustified" source is then compared, as a
-  transfer learner, with the standard model of the original source
-  (:func:`pretrain_robustified`).
+* **Source dataset modification** (section 4.3): every source image x (here: a pool of
+  crops of the offline photographs, the ladder's own source data) is replaced by an image
+  whose representation under the *robust* source matches R(x), found by gradient descent
+  from another crop (:func:`robustify_images`); a source distilled *without* attack from
+  the standard ImageNet model on the robustified crops is then compared, as a transfer
+  learner, with the same distillation on the original crops (:func:`robustified_pair`).
 
 Every dataset and model made here is a run-cache entry keyed by its inputs' content.
 """
@@ -41,35 +41,24 @@ import torch
 from scipy import stats
 
 from nbs_lib.core.device import frozen_eval, resolve_device
-from nbs_lib.core.profiles import Profile
-from nbs_lib.core.runs import RunCache
-from nbs_lib.data.images import LabeledImages, train_val_split
+from nbs_lib.core.profiles import Profile, get_profile
+from nbs_lib.core.runs import RunCache, content_hash
+from nbs_lib.data.images import LabeledImages
+from nbs_lib.data.photos import photo_crops
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.attacks import parse_attack, pgd
 from nbs_lib.methods.threat_models import threat_model
 from nbs_lib.methods.train.config import TrainConfig
 from nbs_lib.methods.train.loop import fit
-from nbs_lib.methods.train.recipes import (
-    TrainedModel,
-    augmentation_for,
-    train_model,
-    weights_id,
-)
+from nbs_lib.methods.train.recipes import TrainedModel, augmentation_for, train_model, weights_id
 from nbs_lib.methods.train.terms import config_key
 from nbs_lib.models.registry import load_model
 from nbs_lib.models.split import SplitClassifier
 from nbs_lib.report.verdicts import count_verdict
-from nbs_lib.studies.common import attack_sample, evaluate_cached, sample_id
-from nbs_lib.studies.sources import (
-    SourceModel,
-    checkpoint_source,
-    pretrain_source,
-    source_profile,
-    source_weights_file,
-    target_profile,
-)
+from nbs_lib.studies.imagenet_sources import pool_source, radius_of
+from nbs_lib.studies.sources import SourceModel, checkpoint_source
 
-ROBUST_TRANSFER_CODE_VERSION = 1  # bump when a change here must invalidate this chapter's cached artifacts
+ROBUST_TRANSFER_CODE_VERSION = 2  # bump when a change here must invalidate this chapter's cached artifacts
 MODES = {"fixed-feature": "partial", "full fine-tuning": "full"}
 
 
@@ -86,26 +75,10 @@ def ladder_spec(eps_255: float, steps: int = 3) -> str | None:
 
 
 def source_eps(source: SourceModel) -> float:
-    """The adversarial-training radius (1/255) a source was pre-trained at (0: standard)."""
+    """The radius (1/255) a source was made robust at (0: standard or the control rung)."""
+    if source.validation:  # a self-distilled rung (imagenet_sources)
+        return radius_of(source)
     return 0.0 if source.adversarial is None else parse_attack(source.adversarial).eps_255
-
-
-def source_ladder(source: str, epsilons=(0, 2, 8), profile: str | Profile = "mini", steps: int = 3,
-                  evaluate_with: str = "PGD-10#4", seed: int = 0, device="auto",
-                  cache: RunCache | None = None, progress: bool = True) -> list[SourceModel]:
-    """One source model per adversarial-training radius in ``epsilons`` (L-inf, 1/255).
-
-    All rungs share the backbone, data, schedule and seed of
-    :func:`nbs_lib.studies.sources.pretrain_source`; only the PGD radius of adversarial
-    training differs (``steps`` PGD steps from a random start). All are evaluated on
-    the source's test sample under the same ``evaluate_with`` attack, so their robust
-    accuracies compare.
-    """
-    if len(epsilons) < 2:
-        raise ValueError("a ladder needs at least two robustness levels (e.g. (0, 8))")
-    return [pretrain_source(source, profile, ladder_spec(eps, steps), evaluate_with=evaluate_with,
-                            seed=seed, device=device, cache=cache, progress=progress)
-            for eps in sorted(epsilons)]
 
 
 def external_source(path: str | Path, eps: float, arch: str = "resnet18", name: str = "imagenet") -> SourceModel:
@@ -160,40 +133,91 @@ def _normalised(grad: torch.Tensor) -> torch.Tensor:
     return grad / norm.view(-1, *([1] * (grad.dim() - 1)))
 
 
-def visualise_features(model: SplitClassifier, components, size: int, steps: int = 200,
-                       step_size: float = 1.0, seed: int = 0, device="auto") -> FeatureVisualisation:
-    """Section 4.1: x_vis = argmax_delta R(x0 + delta)_i by gradient ascent from noise x0.
+PARAMETRISATIONS = ("pixels", "fourier")
 
-    ``R`` is f's pooled embedding (``model.features``); each component i gets its own
-    start image from :func:`noise_seed_images` (so every model of a ladder starts from
-    the same noise). Each step moves x by ``step_size`` (L2) along the normalised
-    gradient of R(x)_i, then clips to [0, 1]; the model is in eval mode with frozen
-    weights. The step size decays linearly to 0 so the last iterates settle.
+
+def _fourier_scale(size: int) -> torch.Tensor:
+    """1/frequency for every coefficient of a ``size`` x ``size`` real FFT (lowest frequency 1/size)."""
+    fy = torch.fft.fftfreq(size).abs()[:, None]
+    fx = torch.fft.rfftfreq(size)[None, :]
+    return 1.0 / torch.sqrt(fy ** 2 + fx ** 2).clamp_min(1.0 / size)
+
+
+def _fourier_images(spectrum: torch.Tensor, size: int) -> torch.Tensor:
+    """Images in (0, 1) from a real-valued ``[k, 3, size, size // 2 + 1, 2]`` spectrum scaled by 1/f."""
+    scale = _fourier_scale(size).to(spectrum.device)
+    coefficients = torch.complex(spectrum[..., 0], spectrum[..., 1]) * scale
+    return torch.sigmoid(torch.fft.irfft2(coefficients, s=(size, size), norm="ortho"))
+
+
+def visualise_features(model: SplitClassifier, components, size: int, steps: int = 200,
+                       step_size: float = 1.0, seed: int = 0, device="auto",
+                       parametrisation: str = "pixels") -> FeatureVisualisation:
+    """Section 4.1: x_vis = argmax_x R(x)_i by gradient ascent, one image per component i.
+
+    ``R`` is f's pooled embedding (``model.features``), in eval mode with frozen weights.
+
+    * ``"pixels"`` (the work's, after Engstrom et al. 2019: no image prior): each
+      component starts from its own :func:`noise_seed_images` image (the same for every
+      model of a ladder) and moves ``step_size`` (L2, decaying linearly to 0) along the
+      normalised gradient per step, clipped to [0, 1]. A robust model's gradients alone
+      should give a recognisable image; a standard model's give high-frequency patterns.
+    * ``"fourier"`` (the decorrelated parametrisation of Olah et al. 2017's feature
+      visualisation): the image is ``sigmoid(irfft2(w / f))``, Adam (lr 0.05) on the
+      spectrum ``w`` (started at small noise from ``seed``), and each step sees the image
+      shifted by up to size/16 pixels (random jitter). The 1/f scaling favours low
+      frequencies for every model alike, so high-frequency patterns cannot dominate and
+      the rungs compare on the structure they respond to; it is the prior, not robustness,
+      that smooths these images, which is why both are shown.
     """
+    if parametrisation not in PARAMETRISATIONS:
+        raise ValueError(f"Unknown parametrisation {parametrisation!r}; use one of {PARAMETRISATIONS}.")
     components = [int(c) for c in components]
     if not components:
         raise ValueError("choose at least one component to visualise")
+    if max(components) >= model.embedding_dim or min(components) < 0:
+        raise ValueError(f"components must lie in [0, {model.embedding_dim}); got {components}")
     device = resolve_device(device)
-    x0 = noise_seed_images(len(components), size, seed).to(device)
     index = torch.tensor(components, device=device)
     rows = torch.arange(len(components), device=device)
     features = model.features.to(device)
-    if max(components) >= model.embedding_dim or min(components) < 0:
-        raise ValueError(f"components must lie in [0, {model.embedding_dim}); got {components}")
     with frozen_eval(features):
+        if parametrisation == "pixels":
+            x = _ascend_pixels(features, noise_seed_images(len(components), size, seed).to(device), rows, index,
+                               steps, step_size)
+        else:
+            x = _ascend_spectrum(features, len(components), size, rows, index, steps, seed, device)
         with torch.no_grad():
-            start = features(x0)[rows, index].cpu()
-        x = x0.clone()
-        for step in range(steps):
-            x.requires_grad_(True)
-            activation = features(x)[rows, index].sum()
-            (grad,) = torch.autograd.grad(activation, x)
-            with torch.no_grad():
-                lr = step_size * (1 - step / steps)
-                x = (x + lr * _normalised(grad)).clamp_(0, 1)
+            start = features(x[0])[rows, index].cpu()
+            final = features(x[1])[rows, index].cpu()
+    return FeatureVisualisation(components, x[1].detach().cpu(), start, final)
+
+
+def _ascend_pixels(features, x0: torch.Tensor, rows, index, steps: int, step_size: float):
+    x = x0.clone()
+    for step in range(steps):
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(features(x)[rows, index].sum(), x)
         with torch.no_grad():
-            final = features(x)[rows, index].cpu()
-    return FeatureVisualisation(components, x.detach().cpu(), start, final)
+            x = (x + step_size * (1 - step / steps) * _normalised(grad)).clamp_(0, 1)
+    return x0, x
+
+
+def _ascend_spectrum(features, count: int, size: int, rows, index, steps: int, seed: int, device):
+    generator = torch.Generator().manual_seed(seed)
+    spectrum = (0.01 * torch.randn(count, 3, size, size // 2 + 1, 2, generator=generator)).to(device)
+    x0 = _fourier_images(spectrum, size).detach()
+    spectrum.requires_grad_(True)
+    optimizer = torch.optim.Adam([spectrum], lr=0.05)
+    shift = max(1, size // 16)
+    for _ in range(steps):
+        dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator))
+        image = torch.roll(_fourier_images(spectrum, size), shifts=(dy, dx), dims=(2, 3))
+        loss = -features(image)[rows, index].sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return x0, _fourier_images(spectrum, size).detach()
 
 
 def active_components(models, size: int, count: int, seed: int = 0, device="auto") -> list[int]:
@@ -243,27 +267,49 @@ def colour_spread(images: torch.Tensor) -> torch.Tensor:
 
 
 def visualisation_grid(sources: list[SourceModel], count: int = 6, size: int = 32,
-                       steps: int = 200, step_size: float = 1.0, seed: int = 0, device="auto"):
-    """Fig. 1: one :class:`FeatureVisualisation` per source (same components, same noise).
+                       steps: int = 200, step_size: float = 1.0, seed: int = 0, device="auto",
+                       parametrisation: str = "pixels"):
+    """Fig. 1: one :class:`FeatureVisualisation` per source (same components, same start).
 
     Returns ``(visualisations, table)``; the table has one row per source and component
-    with the activation at the noise start and at the end, and the roughness
-    (:func:`image_roughness`) and colour (:func:`colour_spread`) of the start and final image.
+    with the activation at the start and at the end, and the roughness
+    (:func:`image_roughness`) and colour (:func:`colour_spread`) of the noise start and
+    the final image.
     """
     components = active_components([s.trained.model for s in sources], size, count, seed, device)
     start_images = noise_seed_images(len(components), size, seed)
     start_rough, start_colour = image_roughness(start_images).tolist(), colour_spread(start_images).tolist()
     visuals, rows = [], []
     for s in sources:
-        vis = visualise_features(s.trained.model, components, size, steps, step_size, seed, device)
+        vis = visualise_features(s.trained.model, components, size, steps, step_size, seed, device, parametrisation)
         visuals.append(vis)
         measures = zip(vis.components, vis.start_activation.tolist(), vis.final_activation.tolist(), start_rough,
                        image_roughness(vis.images).tolist(), start_colour, colour_spread(vis.images).tolist())
         for c, a0, a1, r0, r1, c0, c1 in measures:
-            rows.append({"source_eps": source_eps(s), "component": c, "start_activation": a0,
+            rows.append({"parametrisation": parametrisation, "source_eps": source_eps(s), "component": c,
+                         "start_activation": a0,
                          "final_activation": a1, "start_roughness": r0, "final_roughness": r1,
                          "start_colour": c0, "final_colour": c1})
     return visuals, pd.DataFrame(rows)
+
+
+def visualisation_study(sources: list[SourceModel], count: int = 6, size: int = 64, steps: int = 200,
+                        seed: int = 0, device="auto"):
+    """Fig. 1 in both parametrisations (:data:`PARAMETRISATIONS`): ``({parametrisation:
+    visualisations}, table)``, the table :func:`visualisation_grid`'s rows of both."""
+    visuals, tables = {}, []
+    for parametrisation in PARAMETRISATIONS:
+        visuals[parametrisation], table = visualisation_grid(sources, count, size, steps, seed=seed, device=device,
+                                                             parametrisation=parametrisation)
+        tables.append(table)
+    return visuals, pd.concat(tables, ignore_index=True)
+
+
+def activation_summary(activations: pd.DataFrame) -> pd.DataFrame:
+    """Per parametrisation and source radius: the mean activation at the start and the end, and
+    the final images' roughness and colour (the noise start's roughness beside them)."""
+    columns = ["start_activation", "final_activation", "start_roughness", "final_roughness", "final_colour"]
+    return activations.groupby(["parametrisation", "source_eps"], as_index=False, sort=False)[columns].mean()
 
 
 # ----------------------------------------------------------------------------------
@@ -340,7 +386,7 @@ def anti_robust_splits(target: str, profile: str | Profile, classifier: TrainedM
     holds its identity, the original data's fingerprints, the attack and the seed.
     """
     cache = cache or RunCache()
-    prof = target_profile(profile)  # like its siblings: any profile in, the targets' size out
+    prof = get_profile(profile)  # the targets' profile (sources.target_profile of the ladder)
     splits = {}
     for i, split in enumerate(("train", "test")):
         ds = load_dataset(target, split, prof, seed=seed)
@@ -400,7 +446,7 @@ def transfer_curve(source: SourceModel, train: LabeledImages, test: LabeledImage
     never chooses anything, the learning rates are fixed by :func:`transfer_config`).
     """
     cache = cache or RunCache()
-    prof = target_profile(profile)
+    prof = get_profile(profile)  # the targets' profile (sources.target_profile of the ladder)
     config = transfer_config(mode, prof, train.name, epochs, seed)
     key = {"kind": "transfer_curve", "source": weights_id(source.weights), "arch": prof.arch,
            "image_size": prof.image_size, "train": config_key(config), "train_data": train.fingerprint(),
@@ -416,25 +462,29 @@ def transfer_curve(source: SourceModel, train: LabeledImages, test: LabeledImage
 
 
 def transfer_study(sources: list[SourceModel], datasets: dict, modes=tuple(MODES), profile="mini",
-                   epochs: int = 8, seed: int = 0, device="auto", cache: RunCache | None = None,
+                   epochs: int = 8, seeds=(0,), device="auto", cache: RunCache | None = None,
                    progress: bool = True, experiment: str = "transfer") -> pd.DataFrame:
-    """Every source fine-tuned on every dataset in every mode: one row per epoch.
+    """Every source fine-tuned on every dataset in every mode, once per training seed
+    (the head's initialisation, the batch order and augmentation): one row per epoch.
 
     ``datasets`` maps ``(dataset, variant) -> (train, test)`` :class:`LabeledImages`.
     """
+    if isinstance(seeds, int) or not len(seeds):
+        raise ValueError(f"seeds is a non-empty list of training seeds, e.g. [0, 1]; got {seeds!r}")
     rows = []
     for (dataset, variant), (train, test) in datasets.items():
         for mode in modes:
             for s in sources:
-                for r in transfer_curve(s, train, test, mode, profile, epochs, seed, device, cache, progress):
-                    rows.append({"experiment": experiment, "source": s.label, "source_eps": source_eps(s),
-                                 "dataset": dataset, "variant": variant, "mode": mode, **r})
+                for seed in seeds:
+                    for r in transfer_curve(s, train, test, mode, profile, epochs, int(seed), device, cache, progress):
+                        rows.append({"experiment": experiment, "source": s.label, "source_eps": source_eps(s),
+                                     "dataset": dataset, "variant": variant, "mode": mode, "seed": int(seed), **r})
     return pd.DataFrame(rows)
 
 
 def target_datasets(targets, profile="mini", anti_robust: dict | None = None, seed: int = 0) -> dict:
     """``(dataset, variant) -> (train, test)`` for the standard targets and their anti-robust twins."""
-    prof = target_profile(profile)
+    prof = get_profile(profile)  # the targets' profile (sources.target_profile of the ladder)
     out = {}
     for target in targets:
         out[(target, "standard")] = (load_dataset(target, "train", prof, seed=seed),
@@ -447,17 +497,19 @@ def target_datasets(targets, profile="mini", anti_robust: dict | None = None, se
 def standard_target_model(target: str, profile="mini", seed: int = 0, device="auto",
                           cache: RunCache | None = None, progress: bool = True) -> TrainedModel:
     """The standard model C of ``target`` at the sources' backbone and size (chapter 1's protocol)."""
-    prof = target_profile(profile)
+    prof = get_profile(profile)  # the targets' profile (sources.target_profile of the ladder)
     return train_model(target, "standard", prof, arch=prof.arch, weights=None, seed=seed, device=device,
                        cache=cache, progress=progress)
 
 
 def curve_summary(curves: pd.DataFrame, early_epoch: int = 1) -> pd.DataFrame:
-    """Per dataset, variant and mode: early and final accuracy by source radius, and their
-    Spearman correlation with the radius (positive: robustness helps)."""
+    """Per dataset, variant and mode: early and final accuracy by source radius (mean over the
+    training seeds), and their Spearman correlation with the radius (positive: robustness helps)."""
     rows = []
     last = int(curves.epoch.max())
-    for (dataset, variant, mode), part in curves.groupby(["dataset", "variant", "mode"], sort=False):
+    keys = ["dataset", "variant", "mode"]
+    mean = curves.groupby(keys + ["source_eps", "epoch"], sort=False, as_index=False).accuracy.mean()
+    for (dataset, variant, mode), part in mean.groupby(keys, sort=False):
         row = {"dataset": dataset, "variant": variant, "mode": mode}
         for label, epoch in (("early", min(early_epoch, last)), ("final", last)):
             at = part[part.epoch == epoch].sort_values("source_eps")
@@ -467,6 +519,13 @@ def curve_summary(curves: pd.DataFrame, early_epoch: int = 1) -> pd.DataFrame:
             row[f"{label} rho"] = rho
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def curve_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy per dataset, mode and epoch, one column per source (mean over the seeds)."""
+    wide = curves.pivot_table(index=["dataset", "mode", "epoch"], columns="source", values="accuracy", aggfunc="mean")
+    wide.columns.name = None
+    return wide.reset_index()
 
 
 # ----------------------------------------------------------------------------------
@@ -519,93 +578,60 @@ def robustify_images(robust_model: SplitClassifier, images: torch.Tensor, seeds:
     return torch.cat(out), torch.cat(d0), torch.cat(d1)
 
 
-def robustified_source(source: str, robust: SourceModel, profile="mini", steps: int = 100,
-                       step_size: float = 1.0, seed: int = 0, device="auto",
-                       cache: RunCache | None = None) -> tuple[LabeledImages, LabeledImages, dict]:
-    """The robustified training split of ``source`` (cached) and the untouched validation split.
+ROBUSTIFY_SEED = 4300  # the crops of the section 4.3 pool (distinct from every ladder step's crops)
 
-    Returns ``(robust_train, val, stats)`` with the mean representation distance before
-    and after the descent.
+
+def robustified_photos(robust: SourceModel, profile: str | Profile = "mini", step_size: float = 1.0,
+                       seed: int = 0, device="auto", cache: RunCache | None = None) -> dict:
+    """Section 4.3's robustified source data: ``robustify_pool`` crops of the training photographs,
+    each replaced by :func:`robustify_images` of ``robust`` started from another crop of the pool
+    (a :func:`derangement`), ``robustify_steps`` steps (cached).
+
+    Returns ``original``, ``seeds`` (the start crop of each), ``images`` (robustified) and the
+    representation distances ``start`` and ``final`` per crop.
     """
     cache = cache or RunCache()
-    prof = source_profile(profile)
-    train_set, val_set = train_val_split(load_dataset(source, "train", prof, seed=seed), prof.val_fraction, seed)
-    key = {"kind": "robustified_source", "data": train_set.fingerprint(), "robust": robust.trained.config,
-           "steps": int(steps), "step_size": float(step_size), "seed": seed}
+    p = get_profile(profile)
+    crops = photo_crops(p.robustify_pool, p.image_size, seed=ROBUSTIFY_SEED + seed, split="train")
+    order = derangement(len(crops), seed)
+    key = {"kind": "robustified photos", "robust": robust.trained.config, "crops": content_hash(crops),
+           "steps": p.robustify_steps, "step_size": float(step_size), "seed": seed}
 
-    def compute(chunk: int = 1024) -> dict:
-        order = derangement(len(train_set), seed)
-        parts = []
-        for start in range(0, len(train_set), chunk):  # a lazy (paper-size) set is decoded chunk by chunk
-            idx = range(start, min(start + chunk, len(train_set)))
-            parts.append(robustify_images(robust.trained.model, train_set.stacked(idx),
-                                          train_set.stacked(order[start:start + chunk]), steps, step_size, device))
-        images, d0, d1 = (torch.cat(p) for p in zip(*parts))
+    def compute() -> dict:
+        images, d0, d1 = robustify_images(robust.trained.model, crops, crops[order], p.robustify_steps, step_size,
+                                          device)
         return {"images": images, "start": d0, "final": d1}
 
     stored = cache.artifact("robustified_source", key, compute, code_version=ROBUST_TRANSFER_CODE_VERSION)
-    data = LabeledImages(f"{source}-robustified", "train", train_set.classes, train_set.labels,
-                         images=stored["images"])
-    summary = {"images": len(data), "steps": steps, "distance_start": float(stored["start"].mean()),
-               "distance_final": float(stored["final"].mean())}
-    return data, val_set, summary
+    return {"original": crops, "seeds": crops[order], **stored}
 
 
-def robustified_baseline(source: str, ladder: list[SourceModel], profile="mini", evaluate_with: str = "PGD-10#4",
-                         seed: int = 0, device="auto", cache: RunCache | None = None,
-                         progress: bool = True) -> SourceModel:
-    """Section 4.3's baseline: the ladder's standard rung when it was pre-trained here on ``source``,
-    else (a ladder of checkpoints) a standard model pre-trained here on ``source``, so that the
-    robustified source and its baseline share data and recipe."""
-    standard = ladder[0]
-    if "train" in standard.trained.config and standard.source == source:
-        return standard
-    return pretrain_source(source, profile, None, evaluate_with=evaluate_with, seed=seed, device=device, cache=cache,
-                           progress=progress)
+def robustified_pair(robust: SourceModel, profile: str | Profile = "mini", teacher: str = "imagenet",
+                     seed: int = 0, device="auto", cache: RunCache | None = None,
+                     progress: bool = True) -> tuple[SourceModel, SourceModel, dict]:
+    """Section 4.3: a *standard* source made on the robustified crops, and its baseline made on the
+    original crops, both distilled without attack from ``teacher`` (the ladder's standard ImageNet
+    weights) with the same recipe, steps and seed (:func:`nbs_lib.studies.imagenet_sources.pool_source`).
 
-
-def pretrain_robustified(source: str, standard: SourceModel, robust: SourceModel, profile="mini",
-                         steps: int = 100, step_size: float = 1.0, seed: int = 0, device="auto",
-                         cache: RunCache | None = None, progress: bool = True) -> tuple[SourceModel, dict]:
-    """Section 4.3: a *standard* model pre-trained on the robustified source (cached).
-
-    It uses the standard source's own training configuration (epochs, learning rate,
-    batch, seed), and is validated on the original images of the source's validation
-    split; it is then evaluated like every source (clean and under ``standard``'s attack
-    on the source's test sample).
+    A robustified crop is taught the teacher's output on the crop it stands for, as Ilyas et
+    al.'s robustified dataset keeps the original label. Returns ``(baseline, robustified, summary)``;
+    the summary says how far the descent went (mean representation distance to the original,
+    from the seed crop and at the end).
     """
-    if "train" not in standard.trained.config:
-        raise ValueError(f"The standard source {standard.label!r} was read from a checkpoint, so there is no training "
-                         f"recipe to repeat on the robustified images; pass a standard source pre-trained here on "
-                         f"{source!r} (robustified_baseline gives one).")
-    cache = cache or RunCache()
-    prof = source_profile(profile)
-    data, val_set, summary = robustified_source(source, robust, profile, steps, step_size, seed, device, cache)
-    config = TrainConfig(**standard.trained.config["train"])
-    key = {"kind": "robustified_source_model", "arch": prof.arch, "train": config_key(config),
-           "train_data": data.fingerprint(), "val_data": val_set.fingerprint(), "num_classes": data.num_classes}
-    model = load_model(prof.arch, weights=None, num_classes=data.num_classes, seed=config.seed)
-
-    def compute() -> dict:
-        history = fit(model, data, config, val=val_set, device=device, progress=progress,
-                      desc=f"{source}-robustified (standard)")
-        return {"model": model.cpu().state_dict(), "history": history, "val_acc": history[-1]["val_acc"]}
-
-    stored = cache.artifact("models", key, compute, code_version=ROBUST_TRANSFER_CODE_VERSION)
-    model.load_state_dict(stored["model"])
-    trained = TrainedModel(model.eval(), key, stored["history"], stored["val_acc"])
-    images, labels, _ = attack_sample(source, prof, seed)
-    row = evaluate_cached(trained, images, labels, [standard.evaluated_with], sample_id(source, images, labels),
-                          device, cache, progress, prof)[0]
-    made = SourceModel(f"{source}-robustified", None, trained, source_weights_file(trained, cache),
-                       row["aoi"], row["aai"], standard.evaluated_with)
-    summary["val_acc"] = stored["val_acc"]
-    return made, summary
+    made = robustified_photos(robust, profile, seed=seed, device=device, cache=cache)
+    common = dict(profile=profile, teacher=str(teacher), seed=seed, device=device, cache=cache, progress=progress)
+    baseline = pool_source("photos, distilled (original crops)", made["original"], made["original"], **common)
+    robustified = pool_source("photos, distilled (robustified crops)", made["images"], made["original"], **common)
+    summary = {"crops": len(made["images"]), "matching steps": get_profile(profile).robustify_steps,
+               "distance from the seed crop": float(made["start"].mean()),
+               "distance at the end": float(made["final"].mean()),
+               "relative distance at the end": float((made["final"] / made["start"].clamp_min(1e-12)).mean())}
+    return baseline, robustified, summary
 
 
 def chapter_results(curves: pd.DataFrame, profile: str) -> pd.DataFrame:
-    """The chapter's CSV rows: ``experiment, source, source_eps, dataset, variant, mode, epoch, accuracy``."""
-    cols = ["experiment", "source", "source_eps", "dataset", "variant", "mode", "epoch", "accuracy"]
+    """The chapter's CSV rows: ``experiment, source, source_eps, dataset, variant, mode, seed, epoch, accuracy``."""
+    cols = ["experiment", "source", "source_eps", "dataset", "variant", "mode", "seed", "epoch", "accuracy"]
     return curves[cols].assign(profile=profile)
 
 
@@ -615,7 +641,7 @@ def anti_robust_examples(anti: dict[str, dict[str, AntiRobustSplit]], profile="m
     their anti-robust versions with the new labels t (for :func:`nbs_lib.report.plots.before_after_grid`)."""
     rows = []
     for target, splits in anti.items():
-        clean = load_dataset(target, "train", target_profile(profile), seed=seed)
+        clean = load_dataset(target, "train", get_profile(profile), seed=seed)
         made = splits["train"]
         picks = range(min(count, len(clean)))
         rows.append((target, [(clean[i][0], f"y={clean.classes[int(made.original_labels[i])]}") for i in picks]))
@@ -624,18 +650,13 @@ def anti_robust_examples(anti: dict[str, dict[str, AntiRobustSplit]], profile="m
     return rows
 
 
-def robustified_examples(source: str, robust: SourceModel, profile="mini", steps: int = 40,
-                         step_size: float = 1.0, seed: int = 0, device="auto", count: int = 6,
+def robustified_examples(robust: SourceModel, profile="mini", seed: int = 0, device="auto", count: int = 6,
                          cache: RunCache | None = None):
-    """Fig. 4a: source images, the seed images the descent started from, and the results."""
-    prof = source_profile(profile)
-    original = train_val_split(load_dataset(source, "train", prof, seed=seed), prof.val_fraction, seed)[0]
-    order = derangement(len(original), seed)
-    data, _, _ = robustified_source(source, robust, profile, steps, step_size, seed, device, cache)
-    picks = range(min(count, len(original)))
-    return [("original", [(original[i][0], original.classes[int(original.labels[i])]) for i in picks]),
-            ("seed image", [(original[int(order[i])][0], "") for i in picks]),
-            ("robustified", [(data.images[i], "") for i in picks])]
+    """Fig. 4a: source crops, the crops the descent started from, and the robustified results."""
+    made = robustified_photos(robust, profile, seed=seed, device=device, cache=cache)
+    picks = range(min(count, len(made["images"])))
+    return [(name, [(made[key][i], "") for i in picks])
+            for name, key in (("original", "original"), ("seed crop", "seeds"), ("robustified", "images"))]
 
 
 # ----------------------------------------------------------------------------------
@@ -652,7 +673,8 @@ def what_reproduced(activations: pd.DataFrame, anti_table: pd.DataFrame, summary
     ``activations`` is :func:`visualisation_grid`'s table, ``anti_table`` :func:`anti_robust_table`'s,
     ``summary`` :func:`curve_summary` of the ladder's curves, ``modified`` the curves of the
     ``original`` and ``robustified`` sources (labels of their ``source`` column), ``chance``
-    the chance accuracy (%) of each target. One seed: the counts carry no interval.
+    the chance accuracy (%) of each target. Curves are compared by their mean over the
+    training seeds; the counts carry no interval.
     """
     return pd.DataFrame([_visualisation_claim(activations), _construction_claim(anti_table),
                          _learnable_claim(summary, chance), *_correlation_claims(summary),
@@ -665,6 +687,8 @@ def _row(claim: str, rule: str, numbers: str, agreeing: int, total: int) -> dict
 
 
 def _visualisation_claim(activations: pd.DataFrame) -> dict:
+    if "parametrisation" in activations:  # the work's own visualisations: pixels, no image prior
+        activations = activations[activations.parametrisation == "pixels"]
     rough = activations.groupby("source_eps").final_roughness.mean().sort_index()
     start = float(activations.start_roughness.mean())
     steps = [bool(b < a) for a, b in zip(rough.iloc[:-1], rough.iloc[1:])]

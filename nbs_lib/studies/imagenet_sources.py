@@ -13,20 +13,22 @@ file that ``weights=`` fine-tunes from exactly like the ImageNet file.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
 import torch
 
 from nbs_lib.core.profiles import Profile, get_profile
-from nbs_lib.core.runs import RunCache, atomic_write_bytes
+from nbs_lib.core.runs import RunCache, atomic_write_bytes, content_hash
 from nbs_lib.data.photos import SANITY_PHOTOS, photo_crops
 from nbs_lib.methods.similarity.lipschitz import local_lipschitz
 from nbs_lib.methods.train.recipes import TrainedModel
-from nbs_lib.methods.train.self_distill import DistillConfig, agreement, self_distill
+from nbs_lib.methods.train.self_distill import DistillConfig, agreement, distill, self_distill
 from nbs_lib.models.efficientnet_lite import lite_state_dict
 from nbs_lib.models.imagenet import photo
 from nbs_lib.models.registry import load_model
+from nbs_lib.models.resnet import torchvision_resnet_state
 from nbs_lib.studies.sources import SourceModel
 
 LADDER_CODE_VERSION = 1  # bump when the distillation or its validation changes
@@ -86,20 +88,61 @@ def robust_imagenet_source(eps_255: float, profile: str | Profile = "mini", seed
     cache = cache or RunCache()
     config = distill_config(eps_255, profile, seed)
     key, stored = _train_rung(config, cache, device, progress)
+    return _rung_source(config, key, stored, get_profile(profile), cache, device)
+
+
+def _rung_source(config: DistillConfig, key: dict, stored: dict, profile: Profile, cache: RunCache, device,
+                 description: str = "") -> SourceModel:
+    """A trained rung as a :class:`SourceModel`: its weights file, validation and agreement."""
     model = load_model(config.arch, weights=None).eval()
     model.load_state_dict(stored["model"])
     weights = cache.entry_dir("sources", key) / "weights.pt"
     if not weights.exists():
-        atomic_write_bytes(weights, lambda f: torch.save(lite_state_dict(model), f))
+        atomic_write_bytes(weights, lambda f: torch.save(_exportable_state(model, config.arch), f))
     teacher = load_model(config.arch, weights=config.weights).eval()
-    crops = get_profile(profile).ladder_validation_crops
+    crops = profile.ladder_validation_crops
     report = cache.memo("source_validation", {**key, "crops": crops},
                         lambda: _validate(model, teacher, config, crops, device), code_version=LADDER_CODE_VERSION)
     own = config.eps_255 if config.eps_255 > 0 else 0.5
     trained = TrainedModel(model, key, stored["history"], report["agreement@0"])
     return SourceModel("imagenet", None if config.eps_255 == 0 else config.spec, trained,
                        weights, report["agreement@0"], report[f"agreement@{own:g}"],
-                       f"agreement with the teacher under PGD-10#{own:g}", validation=report)
+                       f"agreement with the teacher under PGD-10#{own:g}", validation=report, description=description)
+
+
+def _exportable_state(model, arch: str) -> dict:
+    """The weights in the file format ``load_model(arch, weights=path)`` reads for ``arch``."""
+    if arch.startswith("efficientnet_lite"):
+        return lite_state_dict(model)
+    return torchvision_resnet_state(model)
+
+
+def pool_source(description: str, inputs: torch.Tensor, teacher_inputs: torch.Tensor,
+                profile: str | Profile = "mini", teacher: str = "imagenet", seed: int = 0, device="auto",
+                cache: RunCache | None = None, progress: bool = True) -> SourceModel:
+    """A source distilled without attack (eps 0) from the ``teacher`` weights on a fixed pool of crops.
+
+    The student sees ``inputs`` and learns the teacher's outputs on the matching
+    ``teacher_inputs`` (:func:`nbs_lib.methods.train.self_distill.distill`'s ``pool``) for the
+    profile's ``pool_distill_steps``: with ``inputs = teacher_inputs`` this is the control
+    rung on a fixed pool, with robustified stand-ins it is the second work's "standard model
+    pre-trained on the robustified source" (section 4.3). Cached by the pool's content and
+    validated like every rung.
+    """
+    cache = cache or RunCache()
+    p = get_profile(profile)
+    config = dataclasses.replace(distill_config(0.0, p, seed), steps=p.pool_distill_steps, weights=str(teacher))
+    key = RunCache.versioned({"kind": "pool-distilled source", **config.key(),
+                              "inputs": content_hash(inputs),
+                              "teacher_inputs": content_hash(teacher_inputs)}, LADDER_CODE_VERSION)
+
+    def train() -> dict:
+        student, history = distill(load_model(config.arch, weights=config.weights), config, device, progress,
+                                   pool=(inputs, teacher_inputs))
+        return {"model": student.state_dict(), "history": history}
+
+    stored = cache.artifact("sources", key, train, code_version=LADDER_CODE_VERSION)
+    return _rung_source(config, key, stored, p, cache, device, description)
 
 
 def ladder(profile: str | Profile = "mini", radii=None, seed: int = 0, device="auto",
@@ -114,10 +157,8 @@ def ladder_table(rungs: dict[float, SourceModel], profile: str | Profile = "mini
     """One row per rung, and one for the ImageNet teacher itself: agreement with the teacher on
     held-out crops (clean and under PGD-10 at each radius), LL at 0.5/255, sanity photos kept."""
     cache = cache or RunCache()
-    rows = []
-    for radius, source in rungs.items():
-        rows.append({"source": "control (no attack)" if radius == 0 else f"rung {radius:g}/255",
-                     **source.validation, "steps": len(source.trained.history)})
+    rows = validation_rows({"control (no attack)" if radius == 0 else f"rung {radius:g}/255": source
+                            for radius, source in rungs.items()})
     p = get_profile(profile)
     teacher = load_model(p.arch, weights="imagenet").eval()
     config = distill_config(max(rungs, default=0.0), p)
@@ -128,6 +169,17 @@ def ladder_table(rungs: dict[float, SourceModel], profile: str | Profile = "mini
                                  lambda: _validate(teacher, teacher, config, p.ladder_validation_crops, device),
                                  code_version=LADDER_CODE_VERSION), "steps": 0})
     return pd.DataFrame(rows)
+
+
+def validation_rows(sources: dict[str, SourceModel]) -> list[dict]:
+    """``{name: source}`` of self-distilled sources as rows of their validation (:func:`ladder_table`'s)."""
+    return [{"source": name, **source.validation, "steps": len(source.trained.history)}
+            for name, source in sources.items()]
+
+
+def validation_table(sources: list[SourceModel]) -> pd.DataFrame:
+    """The validation of self-distilled sources (rungs or pool sources), one row each, by label."""
+    return pd.DataFrame(validation_rows({source.label: source for source in sources}))
 
 
 def radius_of(source: SourceModel) -> float:

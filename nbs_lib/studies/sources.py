@@ -48,9 +48,12 @@ class SourceModel:
     robust_accuracy: float  # on the same images under ``evaluated_with``
     evaluated_with: str
     validation: dict = field(default_factory=dict)  # a self-distilled ImageNet rung's validation (imagenet_sources)
+    description: str = ""  # a label of its own (chapter 7's sources distilled on a fixed pool of crops)
 
     @property
     def label(self) -> str:
+        if self.description:
+            return self.description
         if self.validation:  # a rung of the self-distilled ImageNet ladder (imagenet_sources)
             return f"{self.source}, self-distilled ({self.adversarial or 'control, no attack'})"
         return f"{self.source} ({'standard' if self.adversarial is None else 'AT ' + self.adversarial})"

@@ -54,6 +54,8 @@ SHRINK = {
     "head_l2_grid": [1e-3], "head_rounds": 2,
     "similarity_images": 32, "uap_steps": 2, "feature_vis_steps": 2, "robustify_steps": 2,
     "train_seeds": [0], "radius_grid": [0.5, 2.0, 16.0], "radius_floor_iterations": 1,
+    "distill_steps": 2, "distill_batch_size": 4, "ladder_validation_crops": 8,
+    "robustify_pool": 8, "pool_distill_steps": 2, "transfer_seeds": [0],
 }
 
 
@@ -71,8 +73,8 @@ class Run:
 
 
 def runs(manifest: dict, extended: bool = False) -> list[Run]:
-    """The rehearsal's runs, in order: every chapter at 16 px (chapter 7 twice: from checkpoints and with its
-    own ladder), then chapter 0 (and, ``extended``, chapter 1) at the paper's 224 px; every set lazy."""
+    """The rehearsal's runs, in order: every chapter at 16 px (chapter 7 twice: from checkpoints and with a
+    self-distilled ladder), then chapter 0 (and, ``extended``, chapter 1) at the paper's 224 px; every set lazy."""
     ckpt = manifest["checkpoints"]
     by_stem = {p.stem[:2]: p.stem for p in NOTEBOOKS}
     extra = {
@@ -89,7 +91,7 @@ def runs(manifest: dict, extended: bool = False) -> list[Run]:
     out = [Run(k, stem, extra.get(k, {}), env=lazy, raw=raw.get(k, {})) for k, stem in by_stem.items()]
     # the paper's DataLoader workers (8 there) on lazy sets, in one chapter that trains many models (+30 s)
     next(r for r in out if r.name == "05").overrides["num_workers"] = 2
-    # chapter 7 also with its own ladder (sources pre-trained here, the robustified source from a lazy set)
+    # chapter 7 also with its own ladder (the paper's ResNet-18 self-distilled on the photographs)
     out.append(Run("07-ladder", by_stem["07"], {"ladder": [0, 4]}, env=lazy))
     at_224 = {"image_size": 224, "source_image_size": 224}
     out.append(Run("00-224", by_stem["00"], overrides=at_224, env=lazy))

@@ -111,14 +111,22 @@ def inner_max(student: torch.nn.Module, x: torch.Tensor, teacher_out: torch.Tens
 
 
 def distill_step(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 x: torch.Tensor, config: DistillConfig, generator: torch.Generator | None = None) -> dict:
-    """One step of :func:`distill` on the crops ``x``: returns the clean and the robust distance."""
+                 x: torch.Tensor, config: DistillConfig, generator: torch.Generator | None = None,
+                 teacher_x: torch.Tensor | None = None) -> dict:
+    """One step of :func:`distill` on the crops ``x``: returns the clean and the robust distance.
+
+    The teacher sees ``teacher_x`` (default ``x``): a robustified crop is taught what the
+    teacher says of the crop it stands for (the second work's section 4.3)."""
     with torch.no_grad():
-        target = _outputs(teacher, x, config.target)
-    x_adv = inner_max(student, x, target, config, generator) if config.eps_255 > 0 else x
-    out = _outputs(student, torch.cat([x, x_adv]), config.target)
-    clean = _distance(target, out[: len(x)], config.target)
-    robust = _distance(target, out[len(x):], config.target)
+        target = _outputs(teacher, x if teacher_x is None else teacher_x, config.target)
+    if config.eps_255 > 0:
+        x_adv = inner_max(student, x, target, config, generator)
+        out = _outputs(student, torch.cat([x, x_adv]), config.target)
+        clean = _distance(target, out[: len(x)], config.target)
+        robust = _distance(target, out[len(x):], config.target)
+    else:  # the control rung: x' = x, so the robust term is the clean one (one forward pass, not two)
+        clean = _distance(target, _outputs(student, x, config.target), config.target)
+        robust = clean
     optimizer.zero_grad(set_to_none=True)
     (clean + config.robust_weight * robust).backward()
     optimizer.step()
@@ -126,12 +134,19 @@ def distill_step(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: 
 
 
 def distill(teacher: torch.nn.Module, config: DistillConfig, device="auto", progress: bool = True,
-            start: dict | None = None, on_checkpoint=None, checkpoint_every: int = 100):
+            start: dict | None = None, on_checkpoint=None, checkpoint_every: int = 100,
+            pool: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Train one rung from ``teacher`` (any module on [0, 1] images): returns the student
     (a copy of the teacher, trained; eval mode, on the CPU) and its history (the two KL terms
     of every step). Step ``k`` draws its crops and attack noise from ``config.seed`` and
     ``k`` alone, so ``start`` (a :func:`checkpoint_payload`) resumes to the same result;
-    ``on_checkpoint(payload)`` is called every ``checkpoint_every`` steps."""
+    ``on_checkpoint(payload)`` is called every ``checkpoint_every`` steps.
+
+    ``pool = (inputs, teacher_inputs)`` trains on a fixed set of crops instead of fresh ones:
+    step ``k`` takes ``batch_size`` of them (drawn from the same seed), the student sees
+    ``inputs`` and the teacher the matching ``teacher_inputs``."""
+    if pool is not None and (pool[0].shape != pool[1].shape or len(pool[0]) < 1):
+        raise ValueError("pool needs two non-empty image tensors of one shape: (inputs, teacher_inputs)")
     device = resolve_device(device)
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
@@ -150,8 +165,12 @@ def distill(teacher: torch.nn.Module, config: DistillConfig, device="auto", prog
                      disable=not progress, initial=len(history), total=config.steps):
         step_seed = config.seed * 1_000_003 + step
         generator.manual_seed(step_seed)
-        x = photo_crops(config.batch_size, config.image_size, seed=step_seed).to(device)
-        history.append(distill_step(student, teacher, optimizer, x, config, generator))
+        if pool is None:
+            x, teacher_x = photo_crops(config.batch_size, config.image_size, seed=step_seed).to(device), None
+        else:
+            pick = torch.randint(len(pool[0]), (config.batch_size,), generator=torch.Generator().manual_seed(step_seed))
+            x, teacher_x = pool[0][pick].to(device), pool[1][pick].to(device)
+        history.append(distill_step(student, teacher, optimizer, x, config, generator, teacher_x))
         if on_checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
             on_checkpoint(checkpoint_payload(student, optimizer, history))
     return student.cpu().eval(), history
