@@ -145,3 +145,20 @@ def test_model_info_sizes_grow_with_capacity():
     assert sizes == sorted(sizes)
     params = model_info(load_model("efficientnet_lite0", num_classes=1000)).parameters
     assert 4.5e6 < params < 4.8e6
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "resnet18"])
+def test_exported_weights_load_back_as_the_same_model(arch, tmp_path):
+    """A source trained here is stored in its backbone's file format (chapters 5-7 fine-tune from it):
+    f comes back exactly (g is a fresh head whenever the class count is not ImageNet's, as for the
+    ImageNet files)."""
+    from nbs_lib.models.registry import exportable_state
+
+    model = load_model(arch, weights=None, num_classes=7, seed=3).eval()
+    path = tmp_path / "weights.pt"
+    torch.save(exportable_state(model), path)
+    again = load_model(arch, weights=path, num_classes=7, seed=4).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(again.features(x), model.features(x), atol=1e-5)
+    assert not torch.allclose(load_model(arch, weights=None, num_classes=7, seed=4).features(x), model.features(x))

@@ -32,8 +32,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from nbs_lib.models.efficientnet_lite import _LITE_SCALING, build_efficientnet_lite
-from nbs_lib.models.resnet import _RESNETS, build_resnet
+from nbs_lib.models.efficientnet_lite import _LITE_SCALING, build_efficientnet_lite, lite_state_dict
+from nbs_lib.models.resnet import _RESNETS, build_resnet, torchvision_resnet_state
 from nbs_lib.models.split import SplitClassifier
 
 # ----------------------------------------------------------------------------------
@@ -78,6 +78,15 @@ class ModelInfo:
     arch: str
     parameters: int
     size_mb: float  # float32 parameters and buffers, as the paper's Table 3 reports size
+
+
+def exportable_state(model: SplitClassifier) -> dict:
+    """The model's f and g in the file format ``load_model(model.arch, weights=<file>)`` reads:
+    the Lite ImageNet files' keys for EfficientNet-Lite, torchvision's for a ResNet. A model
+    trained here (a source of chapters 5-7) is stored so, and fine-tuned from like ImageNet."""
+    if model.arch in _LITE_SCALING:
+        return lite_state_dict(model)
+    return torchvision_resnet_state(model)
 
 
 def model_info(model: SplitClassifier) -> ModelInfo:

@@ -25,10 +25,8 @@ from nbs_lib.data.photos import SANITY_PHOTOS, photo_crops
 from nbs_lib.methods.similarity.lipschitz import local_lipschitz
 from nbs_lib.methods.train.recipes import TrainedModel
 from nbs_lib.methods.train.self_distill import DistillConfig, agreement, distill, self_distill
-from nbs_lib.models.efficientnet_lite import lite_state_dict
 from nbs_lib.models.imagenet import photo
-from nbs_lib.models.registry import load_model
-from nbs_lib.models.resnet import torchvision_resnet_state
+from nbs_lib.models.registry import exportable_state, load_model
 from nbs_lib.studies.sources import SourceModel
 
 LADDER_CODE_VERSION = 1  # bump when the distillation or its validation changes
@@ -98,7 +96,7 @@ def _rung_source(config: DistillConfig, key: dict, stored: dict, profile: Profil
     model.load_state_dict(stored["model"])
     weights = cache.entry_dir("sources", key) / "weights.pt"
     if not weights.exists():
-        atomic_write_bytes(weights, lambda f: torch.save(_exportable_state(model, config.arch), f))
+        atomic_write_bytes(weights, lambda f: torch.save(exportable_state(model), f))
     teacher = load_model(config.arch, weights=config.weights).eval()
     crops = profile.ladder_validation_crops
     report = cache.memo("source_validation", {**key, "crops": crops},
@@ -108,13 +106,6 @@ def _rung_source(config: DistillConfig, key: dict, stored: dict, profile: Profil
     return SourceModel("imagenet", None if config.eps_255 == 0 else config.spec, trained,
                        weights, report["agreement@0"], report[f"agreement@{own:g}"],
                        f"agreement with the teacher under PGD-10#{own:g}", validation=report, description=description)
-
-
-def _exportable_state(model, arch: str) -> dict:
-    """The weights in the file format ``load_model(arch, weights=path)`` reads for ``arch``."""
-    if arch.startswith("efficientnet_lite"):
-        return lite_state_dict(model)
-    return torchvision_resnet_state(model)
 
 
 def pool_source(description: str, inputs: torch.Tensor, teacher_inputs: torch.Tensor,

@@ -1,16 +1,14 @@
 """Source models pre-trained here, standard or adversarial, to fine-tune from.
 
-Paper section "The Non-robust Feature from Pre-trained Model" (Tables 3 and 4) asks how
-the source model's own training shapes what it hands down; the "Robust ImageNet
-Pre-training" section (chapter 6) and the second work (chapter 7) start from
-adversarially pre-trained sources. No adversarially trained ImageNet model is
-available offline, so at ``mini`` a source is pre-trained here: the profile's
-``source_arch`` (torchvision's ResNet-18, the paper's backbone) at
-``source_image_size`` (32x32) on an offline dataset, standard or with PGD adversarial
-training (Madry et al. 2018; :func:`nbs_lib.methods.train.terms.adversarial_batch`). Every source
-model is a cached run like the target models, and is exported as a torchvision-format
-state dict, so ``weights=<that file>`` fine-tunes from it exactly as from ImageNet
-weights.
+Paper section "The Non-robust Feature from Pre-trained Model" (Table 4) asks how the
+source task shapes what the pre-trained model hands down, so sources are pre-trained here
+from scratch: the profile's ``source_arch`` (torchvision's ResNet-18, the paper's
+backbone) at ``source_image_size`` on an offline dataset, standard or with PGD
+adversarial training (Madry et al. 2018; :func:`nbs_lib.methods.train.terms.adversarial_batch`).
+Every source model is a cached run like the target models, and is exported in its
+backbone's weights-file format (:func:`nbs_lib.models.registry.exportable_state`), so
+``weights=<that file>`` fine-tunes from it exactly as from ImageNet weights. The robust
+ImageNet sources of chapters 6 and 7 are :mod:`nbs_lib.studies.imagenet_sources`.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ from nbs_lib.core.profiles import Profile, get_profile
 from nbs_lib.core.runs import RunCache, atomic_write_bytes
 from nbs_lib.methods.attacks import parse_attack
 from nbs_lib.methods.train.recipes import TrainedModel, train_model, weights_id
-from nbs_lib.models.registry import load_model
-from nbs_lib.models.resnet import torchvision_resnet_state
+from nbs_lib.models.registry import exportable_state, load_model
 from nbs_lib.studies.common import (
     attack_sample,
     evaluate_cached,
@@ -79,11 +76,11 @@ def target_profile(profile: str | Profile, source: "SourceModel | None" = None) 
 
 
 def source_weights_file(trained: TrainedModel, cache: RunCache) -> Path:
-    """The trained source's f and g as a torchvision-format state dict in the run cache."""
+    """The trained source's f and g in its backbone's weights-file format, in the run cache."""
     path = cache.entry_dir("source_weights", trained.config) / "weights.pt"
     if not path.exists():
         buffer = io.BytesIO()
-        torch.save(torchvision_resnet_state(trained.model), buffer)
+        torch.save(exportable_state(trained.model), buffer)
         atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
     return path
 
