@@ -168,7 +168,7 @@ def test_chapter_pipeline_at_smoke(tmp_path, one_thread):
     tprof = target_profile(prof, rungs[0])
     assert tprof.arch == prof.arch and tprof.image_size == prof.image_size  # chapter 1's targets
     visuals, table = visualisation_grid(rungs, count=2, size=tprof.image_size, steps=3, device="cpu")
-    assert len(visuals) == 2 and len(table) == 4
+    assert len(visuals) == 2 and len(table) == 2 * len(visuals[0].components) >= 2  # few are active at 32 px
     assert table.final_roughness.between(0, 1).all()
     assert (table.groupby("component").start_roughness.nunique() == 1).all()  # same noise for every source
     classifier = standard_target_model("mnist", tprof, progress=False, **kwargs)

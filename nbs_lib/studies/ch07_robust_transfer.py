@@ -203,9 +203,16 @@ def _ascend_pixels(features, x0: torch.Tensor, rows, index, steps: int, step_siz
     return x0, x
 
 
+def seed_spectrum(count: int, size: int, seed: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The Fourier parametrisation's start: small Gaussian coefficients (std 0.01), a near-grey
+    image with faint 1/f texture; the same for every model of a ladder."""
+    generator = generator or torch.Generator().manual_seed(seed)
+    return 0.01 * torch.randn(count, 3, size, size // 2 + 1, 2, generator=generator)
+
+
 def _ascend_spectrum(features, count: int, size: int, rows, index, steps: int, seed: int, device):
     generator = torch.Generator().manual_seed(seed)
-    spectrum = (0.01 * torch.randn(count, 3, size, size // 2 + 1, 2, generator=generator)).to(device)
+    spectrum = seed_spectrum(count, size, generator=generator).to(device)
     x0 = _fourier_images(spectrum, size).detach()
     spectrum.requires_grad_(True)
     optimizer = torch.optim.Adam([spectrum], lr=0.05)
@@ -223,16 +230,17 @@ def _ascend_spectrum(features, count: int, size: int, rows, index, steps: int, s
 def active_components(models, size: int, count: int, seed: int = 0, device="auto") -> list[int]:
     """``count`` components drawn from ``seed`` among those active (> 0) for every model.
 
-    R is a pooled ReLU output: a component that is 0 everywhere on the noise start has
-    zero gradient and cannot be ascended, so the grid shows only components every model
-    of the ladder responds to at the start.
+    R is a pooled ReLU output: a component that is 0 on its start image has zero gradient
+    and cannot be ascended, so the grids show only components every model of the ladder
+    responds to on both starts (the pixel noise and the Fourier parametrisation's start).
     """
     device = resolve_device(device)
+    starts = torch.cat([noise_seed_images(8, size, seed), _fourier_images(seed_spectrum(8, size, seed), size)])
     active = None
     for model in models:
         features = model.features.to(device)
         with frozen_eval(features), torch.no_grad():
-            response = features(noise_seed_images(8, size, seed).to(device)).amin(0).cpu() > 0
+            response = features(starts.to(device)).amin(0).cpu() > 0
         active = response if active is None else active & response
     candidates = torch.nonzero(active).flatten().numpy()
     if len(candidates) == 0:
