@@ -627,7 +627,9 @@ def robustified_pair(robust: SourceModel, profile: str | Profile = "mini", teach
     from the seed crop and at the end).
     """
     made = robustified_photos(robust, profile, seed=seed, device=device, cache=cache)
-    common = dict(profile=profile, teacher=str(teacher), seed=seed, device=device, cache=cache, progress=progress)
+    radii = sorted({0.0, 0.5, source_eps(robust)})  # clean, the paper's radius and the robust rung's own
+    common = dict(profile=profile, teacher=str(teacher), seed=seed, device=device, cache=cache, progress=progress,
+                  radii=radii)
     baseline = pool_source("photos, distilled (original crops)", made["original"], made["original"], **common)
     robustified = pool_source("photos, distilled (robustified crops)", made["images"], made["original"], **common)
     summary = {"crops": len(made["images"]), "matching steps": get_profile(profile).robustify_steps,

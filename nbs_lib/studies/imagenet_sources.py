@@ -61,11 +61,14 @@ def _train_rung(config: DistillConfig, cache: RunCache, device, progress: bool) 
     return key, stored
 
 
-def _validate(student, teacher, config: DistillConfig, crops: int, device) -> dict:
+VALIDATION_RADII = (0.0, 0.25, 0.5, 1.0, 2.0)  # PGD-10 radii (1/255) of a rung's held-out agreement
+
+
+def _validate(student, teacher, config: DistillConfig, crops: int, device, radii=VALIDATION_RADII) -> dict:
     """Agreement with the teacher on held-out crops (clean and under PGD-10), LL of f there
     (eq. 4 at 0.5/255), and the top-1 ImageNet class of chapter 0's sanity photographs."""
     held = photo_crops(crops, config.image_size, VALIDATION_SEED, split="held_out")
-    radii = sorted({0.0, 0.25, 0.5, 1.0, 2.0, config.eps_255})
+    radii = sorted({*radii, config.eps_255})
     row = {f"agreement@{r:g}": share for r, share in agreement(student, teacher, held, radii, device=device).items()}
     row["ll@0.5"] = local_lipschitz(student.features, held[:128], eps_255=0.5, device=device, progress=False)
     with torch.no_grad():
@@ -90,8 +93,9 @@ def robust_imagenet_source(eps_255: float, profile: str | Profile = "mini", seed
 
 
 def _rung_source(config: DistillConfig, key: dict, stored: dict, profile: Profile, cache: RunCache, device,
-                 description: str = "") -> SourceModel:
-    """A trained rung as a :class:`SourceModel`: its weights file, validation and agreement."""
+                 description: str = "", radii=None) -> SourceModel:
+    """A trained rung as a :class:`SourceModel`: its weights file, validation (at ``radii``,
+    default :data:`VALIDATION_RADII`) and agreement."""
     model = load_model(config.arch, weights=None).eval()
     model.load_state_dict(stored["model"])
     weights = cache.entry_dir("sources", key) / "weights.pt"
@@ -99,8 +103,10 @@ def _rung_source(config: DistillConfig, key: dict, stored: dict, profile: Profil
         atomic_write_bytes(weights, lambda f: torch.save(exportable_state(model), f))
     teacher = load_model(config.arch, weights=config.weights).eval()
     crops = profile.ladder_validation_crops
-    report = cache.memo("source_validation", {**key, "crops": crops},
-                        lambda: _validate(model, teacher, config, crops, device), code_version=LADDER_CODE_VERSION)
+    memo_key = {**key, "crops": crops} if radii is None else {**key, "crops": crops, "radii": sorted(radii)}
+    report = cache.memo("source_validation", memo_key,
+                        lambda: _validate(model, teacher, config, crops, device, radii or VALIDATION_RADII),
+                        code_version=LADDER_CODE_VERSION)
     own = config.eps_255 if config.eps_255 > 0 else 0.5
     trained = TrainedModel(model, key, stored["history"], report["agreement@0"])
     return SourceModel("imagenet", None if config.eps_255 == 0 else config.spec, trained,
@@ -110,7 +116,7 @@ def _rung_source(config: DistillConfig, key: dict, stored: dict, profile: Profil
 
 def pool_source(description: str, inputs: torch.Tensor, teacher_inputs: torch.Tensor,
                 profile: str | Profile = "mini", teacher: str = "imagenet", seed: int = 0, device="auto",
-                cache: RunCache | None = None, progress: bool = True) -> SourceModel:
+                cache: RunCache | None = None, progress: bool = True, radii=(0.0, 0.5)) -> SourceModel:
     """A source distilled without attack (eps 0) from the ``teacher`` weights on a fixed pool of crops.
 
     The student sees ``inputs`` and learns the teacher's outputs on the matching
@@ -118,7 +124,8 @@ def pool_source(description: str, inputs: torch.Tensor, teacher_inputs: torch.Te
     profile's ``pool_distill_steps``: with ``inputs = teacher_inputs`` this is the control
     rung on a fixed pool, with robustified stand-ins it is the second work's "standard model
     pre-trained on the robustified source" (section 4.3). Cached by the pool's content and
-    validated like every rung.
+    validated like a rung, under PGD-10 at ``radii`` only (each radius costs ten passes over
+    the held-out crops).
     """
     cache = cache or RunCache()
     p = get_profile(profile)
@@ -133,7 +140,7 @@ def pool_source(description: str, inputs: torch.Tensor, teacher_inputs: torch.Te
         return {"model": student.state_dict(), "history": history}
 
     stored = cache.artifact("sources", key, train, code_version=LADDER_CODE_VERSION)
-    return _rung_source(config, key, stored, p, cache, device, description)
+    return _rung_source(config, key, stored, p, cache, device, description, radii)
 
 
 def ladder(profile: str | Profile = "mini", radii=None, seed: int = 0, device="auto",
