@@ -270,6 +270,10 @@ def test_what_reproduced_applies_its_stated_rules():
     harder = what_reproduced(activations.assign(final_roughness=activations.final_roughness - 0.1), anti_table,
                              summary, modified, {"mnist": 30.0}, "orig", "robust")
     assert harder.verdict.tolist()[:3] == ["reproduced", "partly", "no"]
+    assert harder.verdict.tolist()[4] == "not testable"  # anti-robust labels at chance: rho means nothing
+    flat = what_reproduced(activations.assign(final_roughness=0.3 - 0.001 * activations.source_eps / 8),
+                           anti_table, summary, modified, {"mnist": 10.0}, "orig", "robust")
+    assert flat.verdict.tolist()[0] == "no"  # a roughness change of 0.001 is no change
 
 
 def _lazy(ds: LabeledImages) -> LabeledImages:
