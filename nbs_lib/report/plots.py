@@ -413,10 +413,13 @@ def dr_vs_size(ours: pd.DataFrame, paper: pd.DataFrame):
     return fig
 
 
-def feature_visualisation_grid(visuals, row_labels: list[str], size: float = 1.1):
-    """Fig. 1 of the second work: one row per source model, one column per component."""
+def feature_visualisation_grid(visuals, row_labels: list[str], size: float = 1.1, title: str | None = None):
+    """Fig. 1 of the second work: one row per source model, one column per component; ``title``
+    goes above the components' labels."""
     n_rows, n_cols = len(visuals), len(visuals[0].components)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * size + 1.0, n_rows * size * 1.1), squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.0 + 0.18 / (n_rows * size * 1.1))
     for r, vis in enumerate(visuals):
         panels = [(img, f"#{c}" if r == 0 else "") for img, c in zip(vis.images, vis.components)]
         _titled_images(fig, axes[r], panels, 7)
@@ -453,9 +456,10 @@ def transfer_curve_grid(curves: pd.DataFrame, hue: str = "source_eps", hue_title
                        facet_kws={"sharey": False, "margin_titles": True})
     grid.set_axis_labels("epoch", "test accuracy (%)")
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
-    if grid.legend is not None:
+    if grid.legend is not None:  # below the panels, clear of the row titles on the right
         seeds = frame["seed"].nunique() if "seed" in frame else 1
-        grid.legend.set_title(hue_title + (f"\n(band: {seeds} seeds)" if seeds > 1 else ""))
+        sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(order), 3), frameon=False,
+                        title=hue_title + (f" (band: range over {seeds} seeds)" if seeds > 1 else ""))
     return grid.figure
 
 
