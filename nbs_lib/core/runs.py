@@ -55,11 +55,26 @@ def content_hash(*parts, digits: int = 16) -> str:
         elif isinstance(part, str):
             part = part.encode()
         elif isinstance(part, torch.Tensor):
-            part = part.detach().cpu().contiguous().numpy().tobytes()
-        elif not isinstance(part, bytes):
-            part = np.ascontiguousarray(part).tobytes()
-        digest.update(part)
+            part = part.detach().cpu().numpy()
+        if isinstance(part, bytes):
+            digest.update(part)
+        else:
+            _hash_array(digest, np.asarray(part))
     return digest.hexdigest()[:digits]
+
+
+HASH_CHUNK_BYTES = 64 * 2**20
+
+
+def _hash_array(digest, array: np.ndarray) -> None:
+    """Feed ``array``'s C-order bytes to ``digest`` in slices of the first axis, so that a
+    memory-mapped sample of several GiB is hashed without a copy of it in memory."""
+    if array.ndim == 0 or array.nbytes <= HASH_CHUNK_BYTES:
+        digest.update(np.ascontiguousarray(array).tobytes())
+        return
+    rows = max(1, HASH_CHUNK_BYTES // max(1, array[0].nbytes))
+    for start in range(0, len(array), rows):
+        digest.update(np.ascontiguousarray(array[start:start + rows]).tobytes())
 
 
 def config_key(config: dict) -> str:
@@ -148,6 +163,41 @@ class RunCache:
             stored = compute()
             self.save_model_state(kind, config, stored)
         return stored
+
+    def mapped_tensor(self, kind: str, config: dict, shape: tuple[int, ...],
+                      fill: Callable[[torch.Tensor], None], *, code_version: int) -> torch.Tensor:
+        """A float32 tensor of ``shape`` kept on disk and memory-mapped: ``fill(out)`` writes
+        it once per config and code version; later calls map the stored file.
+
+        For what is too large to hold in host memory (a paper-scale attack sample: 10,000
+        images at 224 px are 6 GiB). Slices are read from disk as they are used; writes to
+        the returned tensor stay in memory (copy-on-write), never reach the stored file.
+        A file of the wrong size or a mismatched config is discarded and recomputed.
+        """
+        config = self.versioned({**config, "shape": list(shape)}, code_version)
+        entry = self.entry_dir(kind, config)
+        stored = entry / "tensor.f32"
+        nbytes = int(np.prod(shape)) * 4
+        if stored.exists():
+            try:
+                self._check_config(entry, config)
+                if stored.stat().st_size != nbytes:
+                    raise CorruptEntry(f"{stored} has {stored.stat().st_size} bytes, expected {nbytes}")
+                return torch.from_numpy(np.memmap(stored, np.float32, mode="c", shape=tuple(shape)))
+            except CorruptEntry as err:
+                self.discard(kind, config, str(err))
+        entry.mkdir(parents=True, exist_ok=True)
+        partial = entry / f".tensor.f32.{os.getpid()}.partial"
+        try:
+            out = np.memmap(partial, np.float32, mode="w+", shape=tuple(shape))
+            fill(torch.from_numpy(out))
+            out.flush()
+            del out
+            self._write_config(entry, config)
+            os.replace(partial, stored)
+        finally:
+            partial.unlink(missing_ok=True)
+        return torch.from_numpy(np.memmap(stored, np.float32, mode="c", shape=tuple(shape)))
 
     # -- models ---------------------------------------------------------------------
     def load_model_state(self, kind: str, config: dict) -> dict | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,6 +32,75 @@ def fits_in_memory(n: int, size: int) -> bool:
     """Whether ``n`` RGB float32 images of ``size`` x ``size`` are held in memory (else decoded lazily)."""
     return n * 3 * size * size * 4 <= MAX_IN_MEMORY_BYTES
 
+
+
+SHARED_MEMORY = Path("/dev/shm")
+PREFETCH_FACTOR = 2  # batches each DataLoader worker prepares ahead (PyTorch's default)
+
+
+def shared_memory_need(workers: int, batch_bytes: int) -> int:
+    """Bytes of shared memory ``workers`` DataLoader processes hold at once: each passes its
+    batches to the main process through /dev/shm, ``PREFETCH_FACTOR`` ahead, plus the one in use."""
+    return (workers * PREFETCH_FACTOR + 1) * batch_bytes if workers > 0 else 0
+
+
+def loader_workers(requested: int, batch_bytes: int, shm: Path = SHARED_MEMORY) -> int:
+    """DataLoader worker processes to use: ``requested``, or as many as /dev/shm can feed.
+
+    A container's default /dev/shm is 64 MiB and one paper batch (128 images at 224 px)
+    is 77 MiB, so 8 workers would die with a bus error; fewer workers (down to 0, decoding
+    in the main process) are used instead, with a warning that names the fix. Where there
+    is no /dev/shm (macOS, Windows), ``requested`` is used as given.
+    """
+    if requested <= 0:
+        return 0
+    try:
+        free = shutil.disk_usage(shm).free
+    except OSError:
+        return requested
+    fitting = max(w for w in range(requested + 1) if w == 0 or shared_memory_need(w, batch_bytes) <= free)
+    if fitting < requested:
+        need_gib = -(-shared_memory_need(requested, batch_bytes) // 2**30)
+        warnings.warn(
+            f"{shm} has {free / 2**20:.0f} MiB free, but {requested} DataLoader workers with batches of "
+            f"{batch_bytes / 2**20:.0f} MiB need {shared_memory_need(requested, batch_bytes) / 2**20:.0f} MiB; "
+            f"using {fitting}. Give the container more shared memory (e.g. docker run --shm-size={need_gib}g) "
+            "or lower the profile's num_workers or batch_size through `overrides`.", stacklevel=2)
+    return fitting
+
+
+RUNTIME_BYTES = 3 * 2**30  # PyTorch, CUDA's host-side context and the notebook kernel, roughly
+LARGEST_CLASS_COUNT = 102  # Flowers-102: the book's target with the most classes
+
+
+def host_memory_estimate(profile) -> list[dict]:
+    """What a chapter holds in host memory at once under ``profile``, in GiB, as rows
+    ``part, GiB, why``; the last row is the total. An upper bound from the profile's sizes.
+
+    A chapter works on one target at a time: its training set, held when it fits in
+    ``MAX_IN_MEMORY_BYTES`` (else decoded lazily), twice over while the validation part is
+    split off; one attack or similarity sample (a larger one is memory-mapped from the run
+    cache, :func:`nbs_lib.data.registry.sample_images`, and costs page cache only); the
+    DataLoader workers' shared memory (:func:`shared_memory_need`); and the runtime.
+    """
+    image = 3 * profile.image_size ** 2 * 4
+    train = profile.train_per_class * LARGEST_CLASS_COUNT * image
+    sample = max(profile.attack_samples, profile.similarity_images) * image
+    shm = shared_memory_need(profile.num_workers, profile.batch_size * image)
+    gib, cap = 2**30, MAX_IN_MEMORY_BYTES
+    rows = [
+        {"part": "training set", "GiB": 2 * min(train, cap) / gib,
+         "why": "with its validation part" + ("; a larger set is decoded lazily" if train > cap else "")},
+        {"part": "attack or similarity sample", "GiB": min(sample, cap) / gib,
+         "why": f"a {sample / gib:.1f} GiB sample is memory-mapped from the run cache" if sample > cap
+         else "in memory"},
+        {"part": "loader shared memory", "GiB": shm / gib,
+         "why": f"{profile.num_workers} workers x {PREFETCH_FACTOR} batches of {profile.batch_size} ahead, "
+                "1 in use" if shm else "no worker processes"},
+        {"part": "PyTorch and the kernel", "GiB": RUNTIME_BYTES / gib, "why": "roughly"},
+    ]
+    rows.append({"part": "peak, at most", "GiB": sum(r["GiB"] for r in rows), "why": ""})
+    return rows
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:

@@ -42,15 +42,18 @@ import pandas as pd
 import torch
 
 from nbs_lib.core.profiles import Profile, get_profile
+from nbs_lib.core.runs import RunCache
 from nbs_lib.data import generators as synthetic
 from nbs_lib.data.alphabet import LETTERS, _load_alphabet, fresh_alphabet
 from nbs_lib.data.images import (
+    MAX_IN_MEMORY_BYTES,
     VARIANTS,
     LabeledImages,
     _from_arrays,
     balanced_indices,
     data_root,
     fits_in_memory,
+    loader_workers,
 )
 from nbs_lib.data.readers import _OFFLINE_LOADERS, _load_torchvision
 
@@ -178,7 +181,46 @@ def balanced_sample(dataset: str, split: str, profile: str | Profile, seed: int 
     if per_class is None:
         per_class = max(1, min(n, len(ds)) // len(ds.classes))
     sub = ds.subset(balanced_indices(ds.labels.numpy(), per_class, seed, salt or split))
-    return sub.stacked(), sub.labels, ds.classes
+    return sample_images(sub, get_profile(profile).num_workers), sub.labels, ds.classes
+
+
+SAMPLE_CODE_VERSION = 1
+DECODE_BATCH = 64
+
+
+def sample_images(ds: LabeledImages, num_workers: int = 0, cache: RunCache | None = None) -> torch.Tensor:
+    """``ds``'s images as one tensor ``[n, 3, H, W]``, each image decoded once.
+
+    A set held in memory gives its tensor. A lazy one (the paper-scale sets) is decoded
+    in batches by ``num_workers`` DataLoader processes: into memory when the sample fits
+    in ``MAX_IN_MEMORY_BYTES``, else into a file of the run cache that is memory-mapped
+    (:meth:`RunCache.mapped_tensor`), so a paper attack sample (10,000 Food-101 images at
+    224 px, 6 GiB) neither fills host memory nor is decoded again by the next chapter;
+    its consumers slice it batch by batch. The file is keyed by the sample's items, their
+    size and the data folder.
+    """
+    if ds.images is not None or len(ds) == 0:
+        return ds.stacked()
+    first = ds[0][0]  # its shape; the one image decoded twice
+    shape = (len(ds), *first.shape)
+    if len(ds) * first.nbytes <= MAX_IN_MEMORY_BYTES:
+        out = torch.empty(shape)
+        _decode_into(ds, out, num_workers)
+        return out
+    key = {"sample": ds.fingerprint(), "data_root": str(data_root().resolve())}
+    return (cache or RunCache()).mapped_tensor("samples", key, shape, lambda out: _decode_into(ds, out, num_workers),
+                                               code_version=SAMPLE_CODE_VERSION)
+
+
+def _decode_into(ds: LabeledImages, out: torch.Tensor, num_workers: int) -> None:
+    """Write ``ds``'s images into ``out`` in order, decoded by a DataLoader."""
+    from torch.utils.data import DataLoader
+
+    workers = loader_workers(num_workers, DECODE_BATCH * out[0].nbytes)
+    start = 0
+    for x, _ in DataLoader(ds, batch_size=DECODE_BATCH, num_workers=workers):
+        out[start:start + len(x)] = x
+        start += len(x)
 
 
 # ---------------------------------------------------------------------------

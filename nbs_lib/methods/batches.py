@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from nbs_lib.data.images import LabeledImages
+from nbs_lib.data.images import LabeledImages, loader_workers
 
 # ----------------------------------------------------------------------------------
 # batches and augmentation
@@ -73,6 +73,8 @@ def _loader(ds, batch_size: int, shuffle: bool, generator, num_workers: int, dev
     from torch.utils.data import DataLoader
 
     order = torch.randperm(len(ds), generator=generator).tolist() if shuffle else None
+    if num_workers > 0 and len(ds) > 0:
+        num_workers = loader_workers(num_workers, batch_size * ds[0][0].nbytes)
     return DataLoader(ds, batch_size=batch_size, sampler=order, num_workers=num_workers,
                       pin_memory=device.type == "cuda")
 

@@ -123,3 +123,16 @@ def claims_view(claims: pd.DataFrame):
     caption = (f"test: {tests}; images per claim {claims['images'].min()}-{claims['images'].max()}; "
                f"training seeds {claims['seeds'].max()}")
     return _styled(view).set_caption(caption)
+
+
+def memory_view(*profiles):
+    """Peak host memory of a chapter under each profile (:func:`~nbs_lib.data.images.host_memory_estimate`),
+    one column of GiB per profile and the reasons of the last."""
+    from nbs_lib.data.images import host_memory_estimate
+
+    columns = {p.name: pd.DataFrame(host_memory_estimate(p)) for p in profiles}
+    last = columns[profiles[-1].name]
+    frame = pd.DataFrame({"part": last["part"],
+                          **{f"GiB at {name}": rows["GiB"] for name, rows in columns.items()},
+                          f"at {profiles[-1].name}": last["why"]})
+    return plain_table(frame)
