@@ -1,0 +1,48 @@
+"""Wide result tables on the built pages scroll inside their output area with their first
+(key) column kept in view (issue: a book a reader enjoys, part 3).
+
+Opens the built chapter whose tables are widest (chapter 6: the ladder's validation and the
+paper's Table 5 over seven targets) in headless Chromium through playwright, scrolls every
+table wider than the page to its right end, and checks its first column is still at the
+left edge of the output area. Needs `make html` first (``make test`` builds it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = Path(os.environ.get("BOOK_HTML_DIR", ROOT / "_build" / "html"))
+CHROMIUM = os.environ.get("NBS_CHROMIUM", "/usr/bin/chromium")
+PAGE = BUILD / "book" / "06_dm_regularisation.html"
+
+SCROLLED_TABLES = """() => Array.from(document.querySelectorAll('.cell_output table')).flatMap(t => {
+    const area = t.closest('.output.text_html');
+    if (!area || t.scrollWidth <= area.clientWidth + 1) return [];
+    area.scrollLeft = area.scrollWidth;
+    const style = getComputedStyle(area).overflowX;
+    const lefts = Array.from(t.rows).filter(r => r.cells.length)
+        .map(r => r.cells[0].getBoundingClientRect().left - area.getBoundingClientRect().left);
+    return [{text: t.innerText.slice(0, 40), overflow: style, scrolled: area.scrollLeft, worst: Math.max(...lefts.map(Math.abs))}];
+})"""
+
+
+def test_wide_tables_scroll_with_their_key_column_in_view():
+    if not PAGE.is_file():
+        pytest.skip(f"no built book at {BUILD} (run `make html` first)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(PAGE.as_uri())
+        tables = page.evaluate(SCROLLED_TABLES)
+        browser.close()
+    assert tables, "chapter 6 should have at least one table wider than the page"
+    for table in tables:
+        assert table["overflow"] in ("auto", "scroll"), f"{table['text']!r} is cut off, not scrollable"
+        assert table["scrolled"] > 0
+        assert table["worst"] <= 1, f"{table['text']!r}: its first column scrolls out of view"
