@@ -1,19 +1,26 @@
-"""Figures of the book, in the papers' style (matplotlib + seaborn)."""
+"""Figures of the book, in the papers' style (matplotlib + seaborn), sized and coloured by
+:mod:`nbs_lib.report.style` (page width, text of 9 pt or more where it is read)."""
 
 from __future__ import annotations
 
 import io
+import textwrap
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
 
+from nbs_lib.report.style import (FIGURE_DPI, MODEL_COLORS, PAGE_WIDTH_IN, PAIR_COLORS, PALETTE, SMALL,
+                                  VERDICT_COLORS, page_width, use_book_style)
+
+use_book_style()
+
 MODEL_ORDER = ["standard", "partial", "partial_bn", "full"]
 MODEL_LABELS = {"standard": "standard", "partial": "partial fine-tune", "partial_bn": "partial, target BN",
                 "full": "full fine-tune"}
-MODEL_COLORS = {"standard": "#4c72b0", "partial": "#dd8452", "partial_bn": "#8172b3", "full": "#c44e52"}
 
 
 def to_numpy_image(x: torch.Tensor) -> np.ndarray:
@@ -24,7 +31,8 @@ def to_numpy_image(x: torch.Tensor) -> np.ndarray:
 def example_grid(datasets: dict, per_row: int = 10, rows_per_dataset: int = 1, size: float = 1.0):
     """One row of examples per dataset (first images of distinct classes)."""
     n_rows = len(datasets) * rows_per_dataset
-    fig, axes = plt.subplots(n_rows, per_row, figsize=(per_row * size, n_rows * size * 1.15),
+    size = min(size, (PAGE_WIDTH_IN - 0.4) / per_row)
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(per_row * size + 0.4, n_rows * (size + 0.35)),
                              squeeze=False)
     for d, (name, ds) in enumerate(datasets.items()):
         picks = _one_per_class(ds.labels, per_row * rows_per_dataset)
@@ -34,11 +42,17 @@ def example_grid(datasets: dict, per_row: int = 10, rows_per_dataset: int = 1, s
             if k < len(picks):
                 i = picks[k]
                 ax.imshow(to_numpy_image(ds[i][0]), interpolation="nearest")
-                ax.set_title(ds.classes[int(ds.labels[i])], fontsize=7)
+                ax.set_title(caption(ds.classes[int(ds.labels[i])]), fontsize=SMALL)
         axes[d * rows_per_dataset, 0].text(-0.15, 0.5, name, transform=axes[d * rows_per_dataset, 0].transAxes,
                                            ha="right", va="center", fontsize=10, rotation=90)
     fig.tight_layout()
     return fig
+
+
+def caption(text: str, width: int = 8) -> str:
+    """A short caption for a small image: ``text`` broken at spaces and slashes into lines of about ``width``."""
+    return textwrap.fill(text.replace("/", "/ "), width, break_long_words=False,
+                         break_on_hyphens=False).replace("/ ", "/")
 
 
 def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:
@@ -58,17 +72,18 @@ def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:
 def image_strip(images: torch.Tensor, titles: list[str] | None = None, size: float = 1.2):
     """A single row of images."""
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(n * size, size * 1.2), squeeze=False)
+    size = min(size, PAGE_WIDTH_IN / n)
+    fig, axes = plt.subplots(1, n, figsize=(n * size, size + 0.45), squeeze=False)
     for k, ax in enumerate(axes[0]):
         ax.imshow(to_numpy_image(images[k]), interpolation="nearest")
         ax.axis("off")
         if titles:
-            ax.set_title(titles[k], fontsize=8)
+            ax.set_title(caption(titles[k], 10), fontsize=SMALL)
     fig.tight_layout()
     return fig
 
 
-def figure_png(fig, dpi: int = 80) -> bytes:
+def figure_png(fig, dpi: int = FIGURE_DPI) -> bytes:
     """The figure as PNG bytes (for image widgets); closes the figure."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
@@ -81,11 +96,14 @@ def training_curves(histories: pd.DataFrame):
 
     ``histories`` has columns dataset, model, epoch, val_acc (and train_acc).
     """
+    n_panels = histories["dataset"].nunique()
     grid = sns.relplot(data=histories, x="epoch", y="val_acc", hue="model", col="dataset",
-                       kind="line", marker="o", height=2.6, aspect=1.0,
+                       kind="line", marker="o", height=2.3, aspect=1.3, col_wrap=2 if n_panels > 2 else None,
                        hue_order=[m for m in MODEL_ORDER if m in set(histories["model"])],
                        palette=MODEL_COLORS, facet_kws={"sharey": False, "sharex": False})
     grid.set_axis_labels("epoch", "validation accuracy (%)")
+    grid.set_titles("{col_name}")
+    _model_legend(grid)
     return grid.figure
 
 
@@ -99,7 +117,7 @@ def robust_accuracy_curves(curves: pd.DataFrame, max_eps: float = 4.0):
     shown = curves[curves["eps"] <= max_eps]
     n_panels = shown["dataset"].nunique()
     grid = sns.relplot(data=shown, x="eps", y="accuracy", hue="model", col="dataset", kind="line",
-                       errorbar=("pi", 100), height=2.9, aspect=1.35, drawstyle="steps-post",
+                       errorbar=("pi", 100), height=2.4, aspect=1.3, drawstyle="steps-post",
                        col_wrap=2 if n_panels > 2 else None,
                        hue_order=[m for m in MODEL_ORDER if m in set(shown["model"])],
                        palette=MODEL_COLORS, facet_kws={"sharex": True})
@@ -116,7 +134,7 @@ def _model_legend(grid) -> None:
     """The models' legend under the panels, in the book's words."""
     for text in grid.legend.texts:
         text.set_text(MODEL_LABELS.get(text.get_text(), text.get_text()))
-    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, title=None, frameon=False)
+    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, title=None, frameon=False)
 
 
 def decline_ratio_bars(table: pd.DataFrame, attack: str):
@@ -133,7 +151,7 @@ def decline_ratio_bars(table: pd.DataFrame, attack: str):
     datasets = list(dict.fromkeys(sub["dataset"]))
     models = [m for m in MODEL_ORDER if m in set(sub["model"])]
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH_IN, 3.2))
     for k, model in enumerate(models):
         x = np.arange(len(datasets)) + (k - (len(models) - 1) / 2) * width
         values = np.array([first["dr"].get((d, model), np.nan) for d in datasets])
@@ -148,8 +166,7 @@ def decline_ratio_bars(table: pd.DataFrame, attack: str):
     ax.set_xticks(np.arange(len(datasets)), datasets)
     ax.set_ylim(0, 105)
     ax.set_ylabel(f"DR under {attack} (%)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(models) + 1, frameon=False,
-              fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -161,21 +178,20 @@ def claims_forest(claims: pd.DataFrame, measure: str):
     the marker's colour is the verdict (:mod:`nbs_lib.report.verdicts`).
     """
     sub = claims[claims["measure"] == measure].reset_index(drop=True)
-    colors = {"reproduced": "#55a868", "opposite": "#c44e52", "no clear difference": "#8c8c8c",
-              "not testable": "#cccccc"}
-    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(sub) + 1.0))
+    colors = VERDICT_COLORS
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH_IN, 0.42 * len(sub) + 1.0))
     labels = [f"{r.claim} ({r.dataset})" for r in sub.itertuples()]
     for i, r in enumerate(sub.itertuples()):
         ax.plot([r.ci_low, r.ci_high], [i, i], color="black", linewidth=1)
         ax.plot(r.difference, i, "o", color=colors[r.verdict], markersize=7, markeredgecolor="black")
     ax.axvline(0, color="grey", linestyle="--", linewidth=1)
-    ax.set_yticks(range(len(sub)), labels, fontsize=9)
+    ax.set_yticks(range(len(sub)), labels)
     ax.invert_yaxis()
     ax.set_xlabel(f"A minus B: {measure}")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, markeredgecolor="black", label=v)
                for v, c in colors.items() if v in set(sub["verdict"])]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.5 / max(1, len(sub)) - 0.12),
-              ncol=len(handles), frameon=False, fontsize=9)
+              ncol=len(handles), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -187,7 +203,7 @@ def _titled_images(fig, axes, panels, fontsize: int, title: str = ""):
         ax.set_title(text, fontsize=fontsize)
         ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -199,15 +215,13 @@ def adversarial_panel(example: dict, classes: list[str], title: str = ""):
     scale = float(pert.abs().max())
     shown = pert / (2 * scale) + 0.5 if scale > 0 else pert + 0.5
     panels = [
-        (example["image"], f"clean: {classes[example['clean_pred']]} ({example['clean_conf']:.0%})"),
-        (example["adversarial"], f"adversarial: {classes[example['adv_pred']]} ({example['adv_conf']:.0%})"),
-        (shown, f"perturbation (x{0.5 / scale:.0f})" if scale > 0 else "no perturbation"),
+        (example["image"], f"clean:\n{classes[example['clean_pred']]} ({example['clean_conf']:.0%})"),
+        (example["adversarial"], f"adversarial:\n{classes[example['adv_pred']]} ({example['adv_conf']:.0%})"),
+        (shown, f"perturbation\n(x{0.5 / scale:.0f})" if scale > 0 else "no perturbation"),
     ]
-    return _titled_images(fig, axes, panels, 8, title)
+    return _titled_images(fig, axes, panels, SMALL + 1, title)
 
 
-# Figure 3 of the paper: blue (ft-pt), brick red (ft-st), dark gold (pt-st).
-PAIR_COLORS = {"ft-pt": "#3b6fb6", "ft-st": "#b5452f", "pt-st": "#b8860b"}
 PAIR_LABELS = {"ft-pt": "fine-tuned vs pre-trained", "ft-st": "fine-tuned vs standard",
                "pt-st": "pre-trained vs standard"}
 
@@ -223,7 +237,8 @@ def similarity_bars(frame: pd.DataFrame, measure: str = "cca", reduction: str = 
     datasets = list(dict.fromkeys(sel.dataset))
     panels = [(layers, title) for layers, title in (("bottom", "(a) bottom layer"), ("stages", "mean of the 4 stages"),
                                                     ("all", "(b) all layers")) if layers in set(sel.layers)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(page_width(2.3 * len(panels)), 3.4), sharey=True,
+                             squeeze=False)
     width = 0.26
     for ax, (layers, title) in zip(axes[0], panels):
         part = sel[sel.layers == layers].set_index(["dataset", "pair"]).similarity
@@ -234,13 +249,13 @@ def similarity_bars(frame: pd.DataFrame, measure: str = "cca", reduction: str = 
         chance = [part.get((d, "chance"), np.nan) for d in datasets]
         ax.hlines(chance, np.arange(len(datasets)) - 1.5 * width, np.arange(len(datasets)) + 1.5 * width,
                   colors="black", linestyles="dashed", linewidth=1, label="chance (shuffled images)")
-        ax.set_xticks(np.arange(len(datasets)), datasets, fontsize=8, rotation=20)
-        ax.set_title(title, fontsize=9)
+        ax.set_xticks(np.arange(len(datasets)), datasets, rotation=35, ha="right", rotation_mode="anchor")
+        ax.set_title(title)
         ax.set_ylim(0, 100)
-    axes[0, 0].set_ylabel(f"{measure.upper()} similarity, {reduction} (0-100)", fontsize=8)
+    axes[0, 0].set_ylabel(f"{measure.upper()} similarity,\n{reduction} (0-100)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     return fig
 
 
@@ -264,8 +279,7 @@ def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None, y: 
     standard = "dr_standard" if y == "dr" else f"{y}_standard"
     if standard in frame:
         ax.scatter(frame.mmd, frame[standard], marker="x", color="grey", zorder=2, label="standard")
-    for _, row in frame.iterrows():
-        ax.annotate(row.dataset, (row.mmd, row[y]), textcoords="offset points", xytext=(4, 4), fontsize=9)
+    place_labels(ax, frame.mmd, frame[y], frame.dataset)
     ax.set_xlabel("MMD$^2$ of target from source (pre-trained embedding)")
     ax.set_ylabel(MMD_Y_LABELS.get(y, y))
     if y in ("dr", "area"):
@@ -273,10 +287,51 @@ def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None, y: 
     if correlations is not None:
         text = ", ".join(f"{r.correlation} {r.r:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
                          for r in correlations.itertuples())
-        ax.set_title(text, fontsize=9)
-    ax.legend(fontsize=9, loc="best")
+        ax.set_title(text, fontsize=SMALL)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
+
+
+LABEL_OFFSETS = [(5, 4), (5, -4), (-5, 4), (-5, -4), (0, 8), (0, -8), (9, 0), (-9, 0)]  # points from the marker
+
+
+def place_labels(ax, xs, ys, labels, fontsize: float = SMALL) -> None:
+    """Label each point beside it where the label overlaps least with the labels placed
+    before it, the markers and the axes' edges (a greedy search over eight positions)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    points = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
+    taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in points]
+    frame = ax.get_window_extent(renderer)
+    for (x, y), label in zip(zip(xs, ys), labels):
+        best = None
+        for dx, dy in LABEL_OFFSETS:
+            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                               ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                               va="bottom" if dy > 0 else "top" if dy < 0 else "center")
+            box = text.get_window_extent(renderer)
+            box = (box.x0, box.y0, box.x1, box.y1)
+            cost = sum(_overlap(box, other) for other in taken) + 10 * _outside(box, frame)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, text, box)
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        taken.append(best[2])
+
+
+def _overlap(a, b) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _outside(box, frame) -> float:
+    inside = _overlap(box, (frame.x0, frame.y0, frame.x1, frame.y1))
+    return (box[2] - box[0]) * (box[3] - box[1]) - inside
 
 
 def uap_sweep_grid(uaps: dict, masks: dict, classes, budgets, models=("full", "standard")):
@@ -286,18 +341,19 @@ def uap_sweep_grid(uaps: dict, masks: dict, classes, budgets, models=("full", "s
 
     letters = sorted({key[1] for key in uaps})
     rows = [(m, t) for m in models for t in letters]
-    fig, axes = plt.subplots(len(rows), len(budgets) + 1, figsize=(1.25 * (len(budgets) + 1), 1.35 * len(rows)),
-                             squeeze=False)
+    cell = min(1.25, (PAGE_WIDTH_IN - 1.0) / (len(budgets) + 1))
+    fig, axes = plt.subplots(len(rows), len(budgets) + 1, figsize=(cell * (len(budgets) + 1) + 1.0,
+                                                                   (cell + 0.1) * len(rows) + 0.3), squeeze=False)
     for i, (name, letter) in enumerate(rows):
         axes[i, 0].imshow(masks[letter].numpy(), cmap="gray_r", interpolation="nearest")
-        axes[i, 0].set_ylabel(f"{MODEL_LABELS.get(name, name)}\n{classes[letter]}", fontsize=9)
+        axes[i, 0].set_ylabel(f"{caption(MODEL_LABELS.get(name, name), 10)}\n{classes[letter]}", fontsize=SMALL)
         for j, (norm, eps) in enumerate(budgets, start=1):
             image = perturbation_image(uaps[(name, letter, norm, eps)].delta, "rescaled")[0]
             axes[i, j].imshow(to_numpy_image(image), interpolation="nearest")
             if i == 0:
-                axes[i, j].set_title(f"L2 {eps:g}" if norm == "L2" else f"L-inf {eps:g}", fontsize=9)
+                axes[i, j].set_title(f"L2\n{eps:g}" if norm == "L2" else f"L-inf\n{eps:g}", fontsize=SMALL)
         if i == 0:
-            axes[i, 0].set_title("glyph", fontsize=9)
+            axes[i, 0].set_title("glyph", fontsize=SMALL)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
@@ -307,15 +363,16 @@ def uap_sweep_grid(uaps: dict, masks: dict, classes, budgets, models=("full", "s
 def gradient_grid(grads: dict, classes, models=("full", "standard")):
     """Figure 4(b): the mean input gradient towards each letter, per model."""
     letters = sorted({t for _, t in grads})
-    fig, axes = plt.subplots(len(models), len(letters), figsize=(1.6 * len(letters), 1.7 * len(models)),
+    cell = min(1.6, (PAGE_WIDTH_IN - 0.6) / len(letters))
+    fig, axes = plt.subplots(len(models), len(letters), figsize=(cell * len(letters) + 0.6, (cell + 0.2) * len(models)),
                              squeeze=False)
     for i, name in enumerate(models):
         for j, letter in enumerate(letters):
             axes[i, j].imshow(to_numpy_image(grads[(name, letter)]["image"]), interpolation="nearest")
             axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
             if i == 0:
-                axes[i, j].set_title(f"towards {classes[letter]}", fontsize=9)
-        axes[i, 0].set_ylabel(MODEL_LABELS.get(name, name), fontsize=9)
+                axes[i, j].set_title(f"towards {classes[letter]}", fontsize=SMALL)
+        axes[i, 0].set_ylabel(caption(MODEL_LABELS.get(name, name), 10), fontsize=SMALL)
     fig.tight_layout()
     return fig
 
@@ -323,7 +380,7 @@ def gradient_grid(grads: dict, classes, models=("full", "standard")):
 def uap_budget_curves(table: pd.DataFrame):
     """Targeted success (with its 95% interval) against the budget, per threat model, for both models."""
     norms = list(dict.fromkeys(table["norm"]))
-    fig, axes = plt.subplots(1, len(norms), figsize=(4.6 * len(norms), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(norms), figsize=(page_width(3.4 * len(norms)), 3.1), squeeze=False)
     styles = ["-", "--", ":", "-."]
     for ax, norm in zip(axes[0], norms):
         part = table[table["norm"] == norm]
@@ -339,8 +396,9 @@ def uap_budget_curves(table: pd.DataFrame):
         ax.set_ylabel("targeted success (%)")
         ax.set_ylim(-3, 103)
         ax.axhline(50, color="grey", linewidth=0.7, linestyle=":")
-    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     return fig
 
 
@@ -354,7 +412,7 @@ def uap_success_curves(curve: pd.DataFrame):
     ax.set_xlabel("epoch of fine-tuning (first point: after the first update)")
     ax.set_ylabel("%")
     ax.set_ylim(-3, 103)
-    ax.legend(fontsize=8)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -363,9 +421,9 @@ def uap_transfer_bars(transfer: pd.DataFrame):
     """Figure 5(b): the fine-tuned-minus-standard DR gap under each perturbation, with its 95% interval."""
     perturbations = list(dict.fromkeys(transfer["perturbation"]))
     datasets = list(dict.fromkeys(transfer["dataset"]))
-    fig, ax = plt.subplots(figsize=(7.2, 3.2))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH_IN, 3.2))
     width = 0.8 / len(perturbations)
-    colors = ["#4c72b0", "#8172b3", "#b0b0b0", "#55a868"]
+    colors = [PALETTE[0], PALETTE[4], "#b0b0b0", PALETTE[2]]
     for k, name in enumerate(perturbations):
         part = transfer[transfer["perturbation"] == name].set_index("dataset").reindex(datasets)
         x = np.arange(len(datasets)) + (k - (len(perturbations) - 1) / 2) * width
@@ -373,9 +431,9 @@ def uap_transfer_bars(transfer: pd.DataFrame):
         yerr = np.clip([gap - part["gap low"], part["gap high"] - gap], 0, None)
         ax.bar(x, gap, width, color=colors[k % len(colors)], label=name, yerr=yerr, capsize=2)
     ax.axhline(0, color="black", linewidth=0.7)
-    ax.set_xticks(np.arange(len(datasets)), datasets, fontsize=8)
+    ax.set_xticks(np.arange(len(datasets)), datasets)
     ax.set_ylabel("DR fine-tuned - DR standard\n(points)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -386,30 +444,33 @@ def uap_panel(image: torch.Tensor, uap, alone: dict, gradient: torch.Tensor, per
     alone as the model sees it with its prediction, and the gradient map."""
     from nbs_lib.methods.uap import apply_perturbation, perturbation_image
 
-    panels = [(image, f"image: {clean_pred}"),
-              (apply_perturbation(image[None], uap.delta)[0], f"with UAP: {perturbed_pred}"),
-              (perturbation_image(uap.delta, "rescaled")[0], "UAP (stretched)"),
-              (alone["image"], f"UAP alone: {alone['pred_name']} ({alone['confidence']:.0%})"),
-              (gradient, "gradient to target")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.7 * len(panels), 2.1))
-    return _titled_images(fig, axes, panels, 7, title)
+    panels = [(image, f"image:\n{clean_pred}"),
+              (apply_perturbation(image[None], uap.delta)[0], f"with UAP:\n{perturbed_pred}"),
+              (perturbation_image(uap.delta, "rescaled")[0], "UAP\n(stretched)"),
+              (alone["image"], f"UAP alone:\n{alone['pred_name']} ({alone['confidence']:.0%})"),
+              (gradient, "gradient\nto target")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(page_width(1.3 * len(panels)), 2.0))
+    return _titled_images(fig, axes, panels, SMALL, title)
 
 
 def dr_vs_size(ours: pd.DataFrame, paper: pd.DataFrame):
     """Table 3 as a figure: mean DR (and AOI) against backbone size, ours beside the paper's."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.1))
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH_IN, 3.0))
     mean = ours.groupby("backbone", sort=False)[["size_mb", "aoi", "dr"]].mean()
+    names = ", ".join(name.replace("efficientnet_", "") for name in mean.index)
     for ax, metric in zip(axes, ("dr", "aoi")):
-        ax.plot(mean.size_mb, mean[metric], marker="o", color=MODEL_COLORS["full"], label="this book")
-        ax.plot(paper.size_mb, paper[metric], marker="s", color="grey", linestyle="--", label="paper")
-        for name, row in mean.iterrows():
-            ax.annotate(name.replace("efficientnet_", ""), (row.size_mb, row[metric]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
+        ax.plot(mean.size_mb, mean[metric], marker="o", color=MODEL_COLORS["full"], label=f"this book ({names})")
+        ax.plot(paper.size_mb, paper[metric], marker="s", color="grey", linestyle="--",
+                label=f"paper ({len(paper)} ResNets)")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(mpl.ticker.FixedLocator([10, 20, 50, 100, 200, 500]))
+        ax.xaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
         ax.set_xlabel("backbone size (MB, log scale)")
-        ax.set_ylabel(f"mean {metric.upper()} of the fine-tuned models (%)")
-    axes[0].legend(fontsize=8)
+        ax.set_ylabel(f"mean {metric.upper()} of the\nfine-tuned models (%)")
     fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     return fig
 
 
@@ -417,27 +478,30 @@ def feature_visualisation_grid(visuals, row_labels: list[str], size: float = 1.1
     """Fig. 1 of the second work: one row per source model, one column per component; ``title``
     goes above the components' labels."""
     n_rows, n_cols = len(visuals), len(visuals[0].components)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * size + 1.0, n_rows * size * 1.1), squeeze=False)
+    size = min(size, (PAGE_WIDTH_IN - 1.3) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * size + 1.3, n_rows * size * 1.15), squeeze=False)
     if title:
-        fig.suptitle(title, fontsize=10, y=1.0 + 0.18 / (n_rows * size * 1.1))
+        fig.suptitle(title, y=1.0 + 0.05 / (n_rows * size * 1.15))
     for r, vis in enumerate(visuals):
         panels = [(img, f"#{c}" if r == 0 else "") for img, c in zip(vis.images, vis.components)]
-        _titled_images(fig, axes[r], panels, 7)
-        axes[r, 0].text(-0.1, 0.5, row_labels[r], transform=axes[r, 0].transAxes, ha="right",
-                        va="center", fontsize=8)
+        _titled_images(fig, axes[r], panels, SMALL)
+        axes[r, 0].text(-0.1, 0.5, caption(row_labels[r], 16), transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=SMALL)
     return fig
 
 
 def before_after_grid(rows: list[tuple[str, list[tuple[torch.Tensor, str]]]], size: float = 1.1):
     """Rows of captioned images, each row labelled on its left (anti-robust and robustified examples)."""
     n_cols = max(len(panels) for _, panels in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * size + 1.2, len(rows) * size * 1.25),
+    size = min(size, (PAGE_WIDTH_IN - 1.3) / n_cols)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * size + 1.3, len(rows) * (size + 0.45)),
                              squeeze=False)
     for r, (label, panels) in enumerate(rows):
         for ax in axes[r, len(panels):]:
             ax.axis("off")
-        _titled_images(fig, axes[r], panels, 7)
-        axes[r, 0].text(-0.12, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+        _titled_images(fig, axes[r], [(img, caption(text, 12)) for img, text in panels], SMALL)
+        axes[r, 0].text(-0.12, 0.5, caption(label, 12), transform=axes[r, 0].transAxes, ha="right", va="center",
+                        fontsize=SMALL)
     return fig
 
 
@@ -466,15 +530,15 @@ def transfer_curve_grid(curves: pd.DataFrame, hue: str = "source_eps", hue_title
 def lambda_sweep_plot(sweep: pd.DataFrame, a_priori: float):
     """Chapter 6's sensitivity study: AOI and AAI against eq. 5's lambda, the a-priori value marked."""
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    ax.plot(sweep.lipschitz_weight, sweep.aoi, marker="o", color="#4c72b0", label="AOI (clean)")
-    ax.plot(sweep.lipschitz_weight, sweep.aai, marker="s", color="#c44e52", label="AAI (PGD-10#0.5)")
+    ax.plot(sweep.lipschitz_weight, sweep.aoi, marker="o", color=PALETTE[0], label="AOI (clean)")
+    ax.plot(sweep.lipschitz_weight, sweep.aai, marker="s", color=PALETTE[3], label="AAI (PGD-10#0.5)")
     positive = [w for w in sweep.lipschitz_weight if w > 0]
     ax.set_xscale("symlog", linthresh=min(positive, default=1.0))
     ax.axvline(a_priori, color="0.4", linestyle="--", linewidth=1)
-    ax.text(a_priori, 1.02, "a-priori lambda", transform=ax.get_xaxis_transform(), ha="center", fontsize=9)
+    ax.text(a_priori, 1.02, "a-priori lambda", transform=ax.get_xaxis_transform(), ha="center", fontsize=SMALL)
     ax.set_xlabel("lambda (eq. 5)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig

@@ -44,8 +44,8 @@ def dataset_browser(datasets: dict, per_class: int = 8) -> W.VBox:
         for c, cls in enumerate(ds.classes):
             idx = (ds.labels == c).nonzero().flatten()[:per_class]
             sub = ds.subset(idx.tolist())
-            class_panels[f"{c}: {cls}"] = png_widget(
-                example_grid({name: sub}, per_row=per_class, size=0.9), width=per_class * 70)
+            # shown at its own size: the grid is made no wider than the page (nbs_lib.report.style)
+            class_panels[f"{c}: {cls}"] = png_widget(example_grid({name: sub}, per_row=per_class, size=0.9))
         dataset_panels[name] = linked_selector(class_panels, "class")
     return linked_selector(dataset_panels, "dataset", control="toggle")
 
