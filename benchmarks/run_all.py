@@ -20,6 +20,7 @@ from benchmarks import (  # noqa: E402
     bench_attacks,
     bench_autoattack,
     bench_cca,
+    bench_early_stop,
     bench_mmd,
     bench_notebooks,
     bench_train,
@@ -28,6 +29,7 @@ from benchmarks import (  # noqa: E402
 BENCHMARKS = {
     "Attacks: ours against torchattacks (PGD-10, FGSM)": bench_attacks,
     "AutoAttack: our wrapper against torchattacks' own call": bench_autoattack,
+    "PGD that stops when it has won, on a book model, against torchattacks' PGD": bench_early_stop,
     "SVCCA and linear CKA: ours against float64 NumPy/SciPy": bench_cca,
     "MMD: ours against the SciPy cdist reference": bench_mmd,
     "Training: one epoch through nbs_lib.methods.train.loop.fit against a plain PyTorch loop": bench_train,

@@ -339,3 +339,60 @@ def test_adversarial_batches_covers_the_dataset(digits_model):
     got = list(adversarial_batches(model, loader, "FGSM#8", device="cpu", progress=False))
     assert [len(b[0]) for b in got] == [20, 20, 10]
     assert math.isclose(torch.cat([b[1] for b in got]).sum().item(), advs.sum().item(), rel_tol=1e-6)
+
+
+# --------------------------------------------------------------------------- stop when broken
+
+
+class _RowCounter(nn.Module):
+    """Wraps a model and counts the images of every forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.model(x)
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 12 / 255), ("L2", 1.0)])
+def test_stopping_when_broken_breaks_a_superset_for_less_work(digits_model, norm, eps):
+    model, x, y = digits_model
+    x, y = x[:96], y[:96]
+    counted = _RowCounter(model).eval()
+    last = pgd(counted, x, y, eps, 10, norm=norm)
+    full_rows, counted.rows = counted.rows, 0
+    early = pgd(counted, x, y, eps, 10, norm=norm, stop_when_broken=True)
+    with torch.no_grad():
+        broken_last, broken_early = model(last).argmax(1) != y, model(early).argmax(1) != y
+    assert broken_last.any() and (~broken_last).any(), "the radius should break some images, not all"
+    assert bool((broken_early | ~broken_last).all()), "an image the last iterate breaks was left standing"
+    assert counted.rows < full_rows  # broken images take no more steps
+    standing = ~broken_early  # never broken: the same trajectory as without stopping
+    assert (early[standing] - last[standing]).abs().max() < 1e-5
+    delta = (early - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    assert float(size.max()) <= eps + 1e-5 and float(early.min()) >= 0 and float(early.max()) <= 1
+
+
+def test_stopping_when_broken_with_per_image_radii_and_targets(digits_model):
+    model, x, y = digits_model
+    x, y = x[:48], y[:48]
+    radii = torch.linspace(1, 24, 48) / 255
+    early = pgd(model, x, y, radii, 10, stop_when_broken=True)
+    assert bool(((early - x).flatten(1).abs().amax(1) <= radii + 1e-6).all())
+    target = (y + 1) % 10
+    hit_last = model(pgd(model, x, target, 24 / 255, 10, targeted=True)).argmax(1) == target
+    hit_early = model(pgd(model, x, target, 24 / 255, 10, targeted=True, stop_when_broken=True)).argmax(1) == target
+    assert bool((hit_early | ~hit_last).all()) and hit_early.sum() >= hit_last.sum()
+
+
+def test_evaluation_counts_an_image_broken_at_any_iterate(digits_model):
+    from nbs_lib.methods.evaluate import robust_accuracy
+
+    model, x, y = digits_model
+    x, y = x[:96], y[:96]
+    stopped = robust_accuracy(model, x, y, "PGD-10#12", device="cpu", progress=False)
+    last = robust_accuracy(model, x, y, "PGD-10#12", device="cpu", progress=False, stop_when_broken=False)
+    assert stopped <= last

@@ -118,8 +118,11 @@ def _robust_mask(
 ) -> torch.Tensor:
     """Robust = correct on the clean image and on its adversarial example.
 
-    Only the clean-correct images are attacked (the others are counted as broken).
+    Only the clean-correct images are attacked (the others are counted as broken). PGD
+    leaves an image at the first iterate that breaks it (``stop_when_broken``, AutoAttack's
+    convention) unless the caller passes ``stop_when_broken=False``.
     """
+    attack_kwargs.setdefault("stop_when_broken", True)
     robust = torch.zeros(len(images), dtype=torch.bool)
     idx = clean.nonzero().flatten()
     if len(idx) == 0:

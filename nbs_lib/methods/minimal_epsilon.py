@@ -45,14 +45,15 @@ def _check_grid(grid) -> list[float]:
     return radii
 
 
-def _broken(model, images, labels, eps, steps, norm, dev, batch_size) -> torch.Tensor:
-    """Which images PGD-``steps`` at radius ``eps`` (pixels; a float or one per image) misclassifies."""
+def _broken(model, images, labels, eps, steps, norm, dev, batch_size, stop_when_broken=True) -> torch.Tensor:
+    """Which images PGD-``steps`` at radius ``eps`` (pixels; a float or one per image) misclassifies
+    at some iterate (an image stops at the first that breaks it: ``stop_when_broken``)."""
     out = []
     per_image = isinstance(eps, torch.Tensor)
     for start, (x, y) in zip(range(0, len(images), batch_size), iterate_batches(images, labels, batch_size)):
         x, y = x.to(dev), y.to(dev)
         radius = eps[start:start + len(x)] if per_image else eps
-        x_adv = pgd(model, x, y, radius, steps, norm=norm)
+        x_adv = pgd(model, x, y, radius, steps, norm=norm, stop_when_broken=stop_when_broken)
         with torch.no_grad():
             out.append((model(x_adv).argmax(1) != y).cpu())
     return torch.cat(out)
@@ -67,11 +68,12 @@ def _clean_start(model, images, labels, dev) -> tuple[np.ndarray, torch.Tensor]:
 
 def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid, steps: int = 10,
                     norm: str = "Linf", device="auto", batch_size: int = 128,
-                    progress: bool = True) -> np.ndarray:
+                    progress: bool = True, stop_when_broken: bool = True) -> np.ndarray:
     """Per image, the first radius of ``grid`` (ascending, paper units) at which PGD-``steps`` breaks it.
 
     The ladder with per-image early stopping: PGD runs at each radius on the images no
-    smaller radius has broken. Returns a float array: 0 for clean-misclassified images,
+    smaller radius has broken, and within a radius an image stops at the first PGD iterate
+    that breaks it (``stop_when_broken``; ``False`` keeps the last iterate). Returns a float array: 0 for clean-misclassified images,
     ``inf`` for images no radius of the grid breaks.
     """
     radii = _check_grid(grid)
@@ -82,7 +84,7 @@ def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             if len(alive) == 0:
                 break
             broken = _broken(model, images[alive], labels[alive], ball.pixels(radius), steps, norm, dev,
-                             batch_size)
+                             batch_size, stop_when_broken)
             result[alive[broken].numpy()] = radius
             alive = alive[~broken]
     return result
