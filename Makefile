@@ -31,13 +31,16 @@ unit: venv data  ## quick feedback: no notebook runs, no tests marked slow
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not notebooks and not slow" tests
 
 ## make book: execute every notebook at the mini profile into book/, then build the HTML
+## Each chapter's time goes to book/results/run_times.csv; from an empty cache: NBS_CACHE=$$(mktemp -d) make book
 book: venv data
-	@for nb in $(BOOK_NOTEBOOKS); do \
-	  name=$$(basename $$nb .ipynb); \
-	  echo "== $$name (profile=$(PROFILE)) $$(date +%T)"; \
+	@build=$$(date +%s); names="$(notdir $(basename $(BOOK_NOTEBOOKS)))"; set -- $$names; \
+	for nb in $(BOOK_NOTEBOOKS); do \
+	  name=$$(basename $$nb .ipynb); shift; \
+	  entries=$$($(BIN)/python -m nbs_lib.report.run_times before $$build $$name $$@) || exit 1; \
 	  start=$$(date +%s); \
 	  NBS_PUBLISH=1 $(BIN)/papermill $$nb book/$$name.ipynb -p profile $(PROFILE) --progress-bar --log-output || exit 1; \
 	  $(BIN)/python -m nbs_lib.report.notebooks tidy book/$$name.ipynb; \
+	  $(BIN)/python -m nbs_lib.report.run_times after $$name $$(( $$(date +%s) - start )) $$entries $$build $(PROFILE); \
 	  echo "== $$name done in $$(( $$(date +%s) - start )) s"; \
 	done
 	$(BIN)/python -m nbs_lib.report.summary

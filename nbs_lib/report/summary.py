@@ -130,6 +130,23 @@ def chapter7(results_dir=None) -> str:
     return _rule_table(_read("07_robust_transfer_claims", results_dir), "claim", "claim of the work")
 
 
+def build_cost(results_dir=None) -> str:
+    """The cost of building the book: each chapter's recorded time (``run_times.csv``)."""
+    folder = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
+    path = folder / "run_times.csv"
+    if not path.is_file():
+        return "No build has recorded its times yet (`make book` writes `book/results/run_times.csv`)."
+    times = pd.read_csv(path)
+    rows = [f"| {r.chapter} | {r.seconds:,.0f} | {r.seconds / 60:.1f} | {'empty' if r.cache_empty else f'{r.cache_entries_before:,} entries'} "
+            f"| {r.build} |" for r in times.itertuples()]
+    machines = "; ".join(sorted({f"{r.cores} cores, {r.cpu}, torch {r.torch}" for r in times.itertuples()}))
+    profiles = ", ".join(sorted(set(times["profile"])))
+    return "\n".join(["| chapter | seconds | minutes | run cache at its start | build started |",
+                      "|---|---|---|---|---|", *rows,
+                      f"| all | {times.seconds.sum():,.0f} | {times.seconds.sum() / 60:.1f} | | |", "",
+                      f"Profile {profiles}; machine: {machines}."])
+
+
 SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "
                              "01_robustness_table2_claims.csv"),
             "02": (chapter2, "02_cca_similarity_claims.csv"),
@@ -137,7 +154,8 @@ SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.c
             "04": (chapter4, "04_mmd_vs_dr_claims.csv"),
             "05": (chapter5, "05_capacity_difficulty_verdicts.csv, 05_capacity_difficulty_claims.csv"),
             "06": (chapter6, "06_dm_regularisation_verdicts.csv, 06_dm_regularisation_claims.csv"),
-            "07": (chapter7, "07_robust_transfer_claims.csv")}
+            "07": (chapter7, "07_robust_transfer_claims.csv"),
+            "build": (build_cost, "run_times.csv")}
 
 
 def generated(text: str, name: str) -> str | None:
