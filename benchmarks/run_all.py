@@ -20,6 +20,7 @@ from benchmarks import (  # noqa: E402
     bench_attacks,
     bench_autoattack,
     bench_cca,
+    bench_cpu_levers,
     bench_early_stop,
     bench_mmd,
     bench_notebooks,
@@ -33,6 +34,7 @@ BENCHMARKS = {
     "SVCCA and linear CKA: ours against float64 NumPy/SciPy": bench_cca,
     "MMD: ours against the SciPy cdist reference": bench_mmd,
     "Training: one epoch through nbs_lib.methods.train.loop.fit against a plain PyTorch loop": bench_train,
+    "CPU speed levers on the mini workload (Lite0, 64 px): channels_last, bf16, threads, torch.compile": bench_cpu_levers,
     "Smoke run of every notebook": bench_notebooks,
 }
 
