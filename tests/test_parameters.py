@@ -29,3 +29,17 @@ def test_bad_parameters_name_the_fix():
         as_dict("[1]", "overrides")
     with pytest.raises(ValueError, match="takes a list"):
         as_list(3, "datasets")
+
+
+def test_the_torchrun_entry_point_takes_a_notebooks_overrides():
+    """`--overrides` gives the profile a notebook run with the same overrides trains under, so
+    the notebook finds the model (an explicit --epochs would be a model of its own)."""
+    from nbs_lib.core.profiles import get_profile
+    from nbs_lib.methods.train.launch import _parser, profile_of
+
+    args = _parser().parse_args(["--dataset", "cifar10", "--regime", "full", "--profile", "paper",
+                                 "--overrides", '{"epochs": 1, "batch_size": 32}'])
+    assert profile_of(args) == get_profile("paper", {"epochs": 1, "batch_size": 32})
+    bad = _parser().parse_args(["--dataset", "d", "--regime", "full", "--overrides", '{"epoch": 1}'])
+    with pytest.raises(ValueError, match="epoch"):
+        profile_of(bad)
