@@ -179,3 +179,5 @@ def test_plain_table_prints_small_rates_and_no_index():
     assert "5.0e-04" in html and "84.00" in html and "84.000000" not in html  # not "0.00" or six decimals
     assert ">3<" in html and "nan" not in html
     assert "row_heading" not in html  # the index column is hidden
+    large = plain_table(pd.DataFrame({"source": ["teacher"], "ll": [404298.969]}), 3).to_html()
+    assert "404,299" in large and "404298" not in large  # large values as whole numbers

@@ -63,11 +63,15 @@ def _styled(frame: pd.DataFrame):
 
 
 def plain_table(frame: pd.DataFrame, digits: int = 1):
-    """A table as the book prints it: no index column, floats at ``digits`` decimals, and small
-    non-zero floats (learning rates) in short scientific notation rather than rounded to 0."""
+    """A table as the book prints it: no index column, floats at ``digits`` decimals, small
+    non-zero floats (learning rates) in short scientific notation rather than rounded to 0,
+    and floats of 1,000 or more as whole numbers with thousands separators (an LL of 404,299,
+    not 404298.969)."""
     def number(value):
         if pd.isna(value):
             return ""
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
         return f"{value:.1e}" if value != 0 and abs(value) < 10 ** -digits else f"{value:.{digits}f}"
 
     floats = list(frame.select_dtypes("float").columns)
