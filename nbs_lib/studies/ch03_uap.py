@@ -368,8 +368,11 @@ def success_along_training(dataset: str, trained: TrainedModel, uap: UAPResult, 
     The model's training (its cached config) is run again from its initialisation with a
     :class:`SuccessProbe`, first probed after the first update (step 1: the head has been
     trained once; the random head before it could not be fooled towards anything), then every
-    ``every`` steps. Training is deterministic, so the last row is the final model, which
-    ``final_matches`` checks against the cached model. Columns ``step, epoch, success, clean accuracy``.
+    ``every`` steps. The re-run repeats the cached model's training, so its last row should be
+    that model: ``final_matches`` checks that the final success is within
+    :data:`FINAL_MATCH_POINTS` of the cached model's (``final_gap``). On one CPU thread the re-run
+    is bit-identical; with several threads, and on GPUs (bf16, cuDNN's algorithms), it is not,
+    so an exact match would fail there. Columns ``step, epoch, success, clean accuracy``.
     """
     cache = cache or RunCache()
     config = {"kind": "uap_curve", "model": trained.config,
@@ -395,8 +398,12 @@ def success_along_training(dataset: str, trained: TrainedModel, uap: UAPResult, 
     curve["epoch"] = curve.step / result["steps_per_epoch"]
     others = images[labels != uap.target]
     expected = 100 * _hits(trained.model, others, uap.delta, uap.target, device).mean()
-    curve.attrs["final_matches"] = abs(rows[-1]["success"] - expected) < 1e-6
+    curve.attrs["final_gap"] = abs(rows[-1]["success"] - expected)
+    curve.attrs["final_matches"] = curve.attrs["final_gap"] <= FINAL_MATCH_POINTS
     return curve
+
+
+FINAL_MATCH_POINTS = 5.0  # re-run vs cached model: training is not bit-reproducible on GPUs or across CPU threads
 
 
 # ----------------------------------------------------------------------------- Figure 5(b)
