@@ -54,49 +54,50 @@ def _model(channels_last: bool):
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+def _timed_steps(step, batches, warmup: int) -> dict:
+    """``step(x, y)`` (returning a loss) on every batch: median seconds after ``warmup`` steps,
+    the first step's seconds (a compile happens there) and the last loss."""
+    times = []
+    for x, y in batches:
+        start = time.perf_counter()
+        loss = step(x, y)
+        times.append(time.perf_counter() - start)
+    return {"s_per_step": statistics.median(times[warmup:]), "first_s": times[0], "loss": float(loss)}
+
+
+def _layout(lever: str, x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if lever == "channels_last" else x
+
+
 def _train(lever: str, batches, warmup: int) -> dict:
     model = _model(lever == "channels_last").train()
     optimizer = torch.optim.Adam(model.parameters(), 5e-4)
-    step = model
-    if lever == "compile":
-        step = torch.compile(model)
-    cast = torch.autocast("cpu", dtype=torch.bfloat16) if lever == "bf16" else torch.autocast("cpu", enabled=False)
-    times, first = [], None
-    for k, (x, y) in enumerate(batches):
-        if lever == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-        start = time.perf_counter()
+    forward = torch.compile(model) if lever == "compile" else model
+    cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever == "bf16")
+
+    def step(x, y):
         with cast:
-            loss = F.cross_entropy(step(x).float(), y)
+            loss = F.cross_entropy(forward(_layout(lever, x)).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        elapsed = time.perf_counter() - start
-        if k == 0:
-            first = elapsed
-        if k >= warmup:
-            times.append(elapsed)
-    return {"s_per_step": statistics.median(times), "first_s": first, "loss": float(loss)}
+        return loss
+
+    return _timed_steps(step, batches, warmup)
 
 
 def _attack(lever: str, batches, warmup: int) -> dict:
     model = _model(lever == "channels_last").eval()
     forward = torch.compile(model) if lever == "compile" else model
-    times, first = [], None
+
+    def step(x, y):
+        x = _layout(lever, x).clone().requires_grad_(True)
+        loss = F.cross_entropy(forward(x), y, reduction="sum")
+        torch.autograd.grad(loss, x)
+        return loss
+
     with frozen_eval(model):
-        for k, (x, y) in enumerate(batches):
-            if lever == "channels_last":
-                x = x.contiguous(memory_format=torch.channels_last)
-            start = time.perf_counter()
-            x = x.clone().requires_grad_(True)
-            loss = F.cross_entropy(forward(x), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x)
-            elapsed = time.perf_counter() - start
-            if k == 0:
-                first = elapsed
-            if k >= warmup:
-                times.append(elapsed)
-    return {"s_per_step": statistics.median(times), "first_s": first, "loss": float(loss)}
+        return _timed_steps(step, batches, warmup)
 
 
 def _with_threads(threads: int, fn, *args):
