@@ -71,25 +71,47 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
 
 
+def _sections(text: str) -> dict[str, str]:
+    """``{title: block}`` of the ``## title`` sections of a RESULTS.md (the closing how-to-read excluded)."""
+    blocks = {}
+    for chunk in text.split("\n## ")[1:]:
+        title, _, body = chunk.partition("\n")
+        blocks[title.strip()] = body.split("\nHow to read:")[0].rstrip("\n")
+    return blocks
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="MODULE",
+                        help="run only these benchmark modules (e.g. bench_early_stop) and keep the other "
+                             "sections of RESULTS.md as they are")
     args = parser.parse_args(argv)
+    out = HERE / "RESULTS.md"
+    kept = _sections(out.read_text()) if args.only and out.is_file() else {}
     parts = ["# Benchmarks", "", f"Machine: {machine()}. Written by `make bench` on "
-             f"{time.strftime('%Y-%m-%d')}.", ""]
+             f"{time.strftime('%Y-%m-%d')}" + (f" (sections of {', '.join(args.only)}; the others kept from "
+                                              "earlier runs)" if args.only else "") + ".", ""]
     results = {}
     for title, module in BENCHMARKS.items():
+        name = module.__name__.rsplit(".", 1)[-1]
+        if args.only and name not in args.only:
+            if title in kept:
+                parts += [f"## {title}", kept[title], ""]
+            continue
         start = time.time()
         rows = results[module] = module.run(quick=args.quick)
         parts += [f"## {title}", "", module.to_markdown(rows), "",
-                  f"({time.time() - start:.0f} s)", ""]
-    parts += attack_notes(results[bench_attacks])
+                  f"({time.time() - start:.0f} s, {time.strftime('%Y-%m-%d')})", ""]
+    if bench_attacks in results:
+        parts += attack_notes(results[bench_attacks])
+    elif "Notes" in kept:
+        parts += ["## Notes", kept["Notes"], ""]
     parts += ["How to read: `theirs/ours` above 1 means ours is faster (`fit/plain` below 1 means fit is "
               "faster); `ours/floor` is our time "
               "over the time of the same number of plain forward+backward passes with respect to the "
               "input (PGD-k's floor is k such passes). A ratio within a few percent of 1 is within "
               "the noise of a shared 2-core machine.", ""]
-    out = HERE / "RESULTS.md"
     out.write_text("\n".join(parts))
     print(out.read_text())
 
