@@ -179,3 +179,16 @@ def test_the_measure_sees_a_figure_shrunk_to_the_page():
     plt.close(fig)
     assert sizes["a title"] == pytest.approx(12 * 100 / 96 * scale, rel=1e-6)
     assert sizes["a title"] < 9  # about twice the page's width: shown much smaller
+
+
+def test_example_grid_row_labels_stay_within_their_row():
+    sets = {name: load_dataset(name, "train", "smoke") for name in ("alphabet", "alphabet-lowres")}
+    fig = plots.example_grid(sets, per_row=13)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        labels = [t for t in fig.texts + [t for ax in fig.axes for t in ax.texts] if t.get_rotation() == 90]
+        first, second = (label.get_window_extent(renderer) for label in labels)
+        assert first.y0 >= second.y1, f"{labels[0].get_text()!r} and {labels[1].get_text()!r} overlap"
+    finally:
+        plt.close(fig)

@@ -43,8 +43,9 @@ def example_grid(datasets: dict, per_row: int = 10, rows_per_dataset: int = 1, s
                 i = picks[k]
                 ax.imshow(to_numpy_image(ds[i][0]), interpolation="nearest")
                 ax.set_title(caption(ds.classes[int(ds.labels[i])]), fontsize=SMALL)
-        axes[d * rows_per_dataset, 0].text(-0.15, 0.5, name, transform=axes[d * rows_per_dataset, 0].transAxes,
-                                           ha="right", va="center", fontsize=10, rotation=90)
+        label = textwrap.fill(name.replace("_", "_ "), 9, break_long_words=False).replace("_ ", "_")
+        axes[d * rows_per_dataset, 0].text(-0.15, 0.5, label, transform=axes[d * rows_per_dataset, 0].transAxes,
+                                           ha="right", va="center", fontsize=SMALL, rotation=90)
     fig.tight_layout()
     return fig
 
