@@ -140,6 +140,8 @@ def test_views_print_intervals_and_seed_spread():
     assert set(intervals["seed"]) == {0, 1, 2} and (intervals["aoi_ci_low"] <= intervals["aoi"]).all()
     spread = radius_view(intervals).data
     assert spread["seeds"].tolist() == [3, 3, 3] and "±" in spread["AOI (%)"].iloc[0]
+    single = radius_view(intervals[intervals["seed"] == 0]).data  # one seed: no spread to print
+    assert single["seeds"].tolist() == [1, 1, 1] and not single["AOI (%)"].str.contains("±").any()
     table = intervals.assign(attack="PGD-10#0.5")
     view = interval_view(table).data
     assert view["AOI [95% interval]"].str.match(r"^\d+\.\d \[\d+\.\d, \d+\.\d\]$").all()

@@ -90,14 +90,15 @@ def interval_view(table: pd.DataFrame, attack: str = TABLE1_ATTACK):
 
 
 def radius_view(intervals: pd.DataFrame):
-    """Per dataset and model: mean +- standard deviation over training seeds of AOI and the radius scalars."""
+    """Per dataset and model: mean +- standard deviation over training seeds of AOI and the radius scalars
+    (the value alone where one seed ran: a spread of one run is not 0)."""
     grouped = intervals.groupby(["dataset", "model"], sort=False)
 
     def mean_sd(column: str, digits: int):
         mean, sd = grouped[column].mean(), grouped[column].std().fillna(0.0)
         unbroken = grouped[column].apply(lambda v: int(np.isinf(v).sum()))
-        return [f"{m:.{digits}f} ± {s:.{digits}f}" if not k else
-                f"beyond the ladder in {k} of {n} seeds" for m, s, k, n in zip(mean, sd, unbroken, grouped.size())]
+        return [f"beyond the ladder in {k} of {n} seeds" if k else f"{m:.{digits}f}" if n == 1 else
+                f"{m:.{digits}f} ± {s:.{digits}f}" for m, s, k, n in zip(mean, sd, unbroken, grouped.size())]
 
     keys = grouped.size().index
     view = pd.DataFrame({"dataset": keys.get_level_values(0), "model": keys.get_level_values(1),
