@@ -139,8 +139,10 @@ def to_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['path']} | {r['lever']} | {r['threads']} | {r['s_per_step']:.3f} | {r['speedup']:.2f} "
                      f"| {r['first_s']:.1f} | {r['loss']:.4f} | {r['baseline_loss']:.4f} |")
     lines += ["", f"{ARCH} at {SIZE}x{SIZE}, batch {BATCH}, CPU; medians over the timed steps after a warm-up. "
-              "'first step' includes torch.compile's compilation for the compile rows. Attack rows: the loss "
-              "is the last batch's summed cross-entropy (weights do not change)."]
+              "'first step' includes torch.compile's compilation for the compile rows, which reuses kernels "
+              "inductor cached on disk from earlier runs (/tmp/torchinductor_<user>; empty it to time a cold "
+              "compile, about 100 s for training here). Attack rows: the loss is the last batch's summed "
+              "cross-entropy (weights do not change)."]
     return "\n".join(lines)
 
 
