@@ -140,4 +140,4 @@ def memory_view(*profiles):
     frame = pd.DataFrame({"part": last["part"],
                           **{f"GiB at {name}": rows["GiB"] for name, rows in columns.items()},
                           f"at {profiles[-1].name}": last["why"]})
-    return plain_table(frame)
+    return plain_table(frame, 2)  # GiB to the hundredth: a 0.05 GiB sample, not 4.6e-02
