@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -127,3 +129,44 @@ def test_compile_is_passed_through_and_stays_out_of_the_cache_key(monkeypatch):
     (config_off, off), (config_on, on) = seen
     assert (off, on) == (False, True)
     assert recipes.config_key(config_off) == recipes.config_key(config_on)
+
+
+# ----------------------------------------------------------------------------------
+# channels_last layout (issue 23): faster on the CPU, same numbers up to rounding
+# ----------------------------------------------------------------------------------
+
+
+def test_channels_last_converts_modules_and_image_batches_only():
+    from nbs_lib.core.device import channels_last
+
+    model = channels_last(tiny_model())
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = channels_last(torch.rand(2, 3, 8, 8))
+    assert batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous()
+    flat = torch.rand(2, 5)
+    assert channels_last(flat) is flat
+
+
+def test_pgd_runs_channels_last_and_matches_the_contiguous_gradient():
+    from nbs_lib.methods.attacks import _logits_and_grad
+
+    data = Blobs(12)
+    reference = tiny_model().eval()
+    x = data.images.clone().requires_grad_(True)
+    loss = nn.functional.cross_entropy(reference(x), data.labels, reduction="sum")
+    (expected,) = torch.autograd.grad(loss, x)
+    model = tiny_model().eval()
+    pgd(model, data.images, data.labels, 2 / 255, 1)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    _, grad = _logits_and_grad(model, data.images.clone().requires_grad_(True), data.labels, contextlib.nullcontext())
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_training_puts_the_model_in_channels_last():
+    data = Blobs()
+    model = tiny_model()
+    fit(model, data, CONFIG, device="cpu", progress=False)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)

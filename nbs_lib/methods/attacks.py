@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nbs_lib.core.device import autocast as _autocast
-from nbs_lib.core.device import frozen_eval, resolve_device
+from nbs_lib.core.device import channels_last, frozen_eval, resolve_device
 from nbs_lib.methods.batches import check_pixels, iterate_batches
 from nbs_lib.methods.threat_models import threat_model
 
@@ -214,7 +214,7 @@ def _logits_and_grad(model, x_adv, y, cast) -> tuple[torch.Tensor, torch.Tensor]
     """The logits at ``x_adv`` (detached) and :func:`_input_grad`, from one forward pass."""
     with torch.enable_grad():  # also works when the caller is inside torch.no_grad()
         with cast:
-            logits = model(x_adv)
+            logits = model(channels_last(x_adv))
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x_adv)
     return logits.detach(), grad
@@ -243,7 +243,7 @@ def fgsm(
     x = check_pixels(x.detach(), "fgsm")
     if eps == 0:
         return x.clone()
-    with frozen_eval(model):
+    with frozen_eval(channels_last(model)):
         x_adv = x.clone().requires_grad_(True)
         grad = _input_grad(model, x_adv, y, _autocast(x.device, amp, amp_dtype))
         with torch.no_grad():
@@ -282,7 +282,7 @@ def pgd(
     under bf16 autocast while the input, loss and its gradient stay float32. Beware:
     bf16 keeps 8 significant bits, so perturbations of 0.5/255 are close to its
     resolution after normalisation; compare against ``amp=False`` before trusting
-    bf16 numbers at the paper's smallest eps. Works with channels_last inputs.
+    bf16 numbers at the paper's smallest eps. Model and input run in the channels_last layout.
 
     ``eps`` may also be a 1-D tensor of per-image radii (the bisection of
     :mod:`nbs_lib.methods.minimal_epsilon`); each image then gets its own ball and step.
@@ -313,7 +313,7 @@ def pgd(
     ball = threat_model(norm)
     if stop_when_broken:
         return _pgd_until_broken(model, x, y, eps, alpha, steps, ball, random_start, generator, cast, targeted)
-    with frozen_eval(model):
+    with frozen_eval(channels_last(model)):
         with torch.no_grad():
             x_adv = ball.random_start(x, eps, generator) if random_start else x.clone()
             project = ball.projector(x, eps)
@@ -333,7 +333,7 @@ def _pgd_until_broken(model, x, y, eps, alpha, steps, ball, random_start, genera
     """:func:`pgd`'s loop on the images not broken yet: each step attacks only those, and an
     image leaves the batch at the first iterate that breaks it (``stop_when_broken``)."""
     per_image = isinstance(eps, torch.Tensor)
-    with frozen_eval(model):
+    with frozen_eval(channels_last(model)):
         with torch.no_grad():
             x_adv = ball.random_start(x, eps, generator) if random_start else x.clone()
         active = torch.arange(len(x), device=x.device)
@@ -506,7 +506,6 @@ def adversarial_batches(
     spec: str | AttackSpec,
     device: str | torch.device = "auto",
     batch_size: int = 128,
-    channels_last: bool = False,
     progress: bool = True,
     **kwargs,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -514,8 +513,8 @@ def adversarial_batches(
 
     ``data`` is ``(images, labels)`` tensors (split into ``batch_size`` batches) or a
     ``DataLoader``/iterable of ``(x, y)`` batches. The model is moved to ``device``
-    (``"auto"``: CUDA, then MPS, then CPU). ``channels_last=True`` converts 4-D inputs
-    (useful on CUDA with a channels_last model). Extra keyword arguments go to
+    (``"auto"``: CUDA, then MPS, then CPU); the attacks put model and input in the
+    channels_last layout themselves. Extra keyword arguments go to
     :func:`attack`. Shows a tqdm progress bar over batches.
     """
     from tqdm.auto import tqdm
@@ -529,7 +528,5 @@ def adversarial_batches(
     )
     for x, y in bar:
         x = x.to(dev, non_blocking=True)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(dev, non_blocking=True)
         yield x, attack(model, x, y, s, **kwargs), y
