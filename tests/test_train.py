@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from nbs_lib.core.profiles import get_profile
 from nbs_lib.core.runs import RunCache
 from nbs_lib.data.registry import load_dataset
 from nbs_lib.methods.batches import augment_batch
@@ -207,3 +208,24 @@ def test_small_sets_get_enough_fine_tuning_steps():
     assert epochs_for("full", prof, 2080) == 4  # 33 steps an epoch: 132 steps
     assert epochs_for("full", prof, 800) == 10  # 13 steps an epoch
     assert epochs_for("standard", prof, 800) == prof.epochs_standard
+
+
+def test_other_training_seeds_reuse_the_searched_learning_rates(tmp_path, monkeypatch):
+    """The learning-rate search runs once per target (at the data seed); seed 1 trains one candidate."""
+    import nbs_lib.methods.train.recipes as train_module
+
+    cache = RunCache(tmp_path)
+    calls = []
+    real_fit = train_module.fit
+    monkeypatch.setattr(train_module, "fit", lambda model, train, config, **k: calls.append(
+        (config.seed, config.lr_g)) or real_fit(model, train, config, **k))
+    kwargs = dict(dataset="digits", regime="full", arch="efficientnet_lite0", device="cpu", cache=cache,
+                  progress=False)
+    profile = get_profile("smoke", lr_grid_g=(1e-3, 3e-3))
+    searched = train_model(profile=profile, **kwargs)
+    assert sorted(calls) == [(0, 1e-3), (0, 3e-3)]
+    other = train_model(profile=profile, train_seed=1, **kwargs)
+    chosen = searched.config["train"]["lr_g"]
+    assert calls[2:] == [(1, chosen)]
+    assert other.config["train"]["lr_g"] == chosen and other.config["train"]["seed"] == 1
+    assert other.lr_search == searched.lr_search

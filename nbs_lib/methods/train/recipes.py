@@ -111,8 +111,14 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
     The standard model ignores ``weights`` (random initialisation). When ``lr_f``/``lr_g``
     are not given, every candidate of the profile's grid is trained on the training
     split minus a held-out validation split and the candidate with the best final
-    validation accuracy is returned (each candidate is cached on its own).
+    validation accuracy is returned (each candidate is cached on its own). The search
+    runs once per target: a ``train_seed`` other than ``seed`` trains only the rates the
+    search chose at ``seed`` (its ``lr_search`` rows are that search's).
     """
+    arguments = dict(locals())
+    if train_seed not in (None, seed) and lr_f is None and lr_g is None and head != "lbfgs" \
+            and len(_candidate_lrs(regime, get_profile(profile), None, None)) > 1:
+        return _with_searched_rates(arguments)
     profile = get_profile(profile)
     arch = arch or profile.arch
     cache = cache or RunCache()
@@ -143,6 +149,15 @@ def train_model(dataset: str, regime: str, profile: str | Profile = "mini", arch
             best = trained
     best.lr_search = search
     return best
+
+
+def _with_searched_rates(arguments: dict) -> TrainedModel:
+    """:func:`train_model` of ``arguments`` at the learning rates its search chose for the data seed."""
+    searched = train_model(**{**arguments, "train_seed": None})
+    chosen = train_model(**{**arguments, "lr_f": searched.config["train"]["lr_f"],
+                            "lr_g": searched.config["train"]["lr_g"]})
+    chosen.lr_search = searched.lr_search
+    return chosen
 
 
 def model_config(dataset: str, arch: str, weights, num_classes: int, config: TrainConfig,
