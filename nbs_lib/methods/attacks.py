@@ -413,10 +413,10 @@ def autoattack(
         return x.clone()
     devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()] \
         if x.device.type == "cuda" else []
-    with frozen_eval(model), torch.random.fork_rng(devices=devices):
+    with frozen_eval(channels_last(model)), torch.random.fork_rng(devices=devices):
         n_classes = min(_num_classes(model, x), 10)
         aa = torchattacks.AutoAttack(
-            model, norm=norm, eps=eps, version=version, n_classes=n_classes, seed=seed,
+            _ChannelsLastInput(model), norm=norm, eps=eps, version=version, n_classes=n_classes, seed=seed,
             verbose=verbose,
         )
         aa.set_device(x.device)
@@ -440,6 +440,17 @@ def autoattack(
                 sub.n_queries = int(n_queries)
         x_adv = aa(x, y.to(x.device))
     return x_adv.detach().clamp_(0.0, 1.0)
+
+
+class _ChannelsLastInput(nn.Module):
+    """``model`` fed its input in the channels_last layout (torchattacks passes contiguous batches)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(channels_last(x))
 
 
 def _keywords(fn) -> set[str]:
