@@ -135,3 +135,28 @@ def test_per_image_pgd_equals_scalar_pgd_when_radii_are_equal():
         scalar = pgd(model, images, labels, 0.05, 7, norm=norm)
         tensor = pgd(model, images, labels, torch.full((len(images),), 0.05), 7, norm=norm)
         torch.testing.assert_close(tensor, scalar, atol=1e-6, rtol=0)
+
+
+def test_gallop_rungs_double_up_to_the_last():
+    from nbs_lib.methods.minimal_epsilon import gallop_rungs
+
+    assert gallop_rungs(1) == [0]
+    assert gallop_rungs(2) == [0, 1]
+    assert gallop_rungs(23) == [0, 1, 3, 7, 15, 22]
+
+
+def test_the_search_attacks_each_image_a_logarithmic_number_of_times(monkeypatch):
+    """The ladder's answer (first rung that breaks) at about 2 log2(k) PGD runs per image, not k."""
+    import nbs_lib.methods.minimal_epsilon as me
+
+    model, images, labels = _linear_case()
+    exact = 255 * _closed_form(model, images, labels, dual_norm=1)
+    grid = np.round(np.arange(0.05, 8.0001, 0.05), 4)
+    rows = []
+    real = me._broken
+    monkeypatch.setattr(me, "_broken", lambda m, x, *a, **k: rows.append(len(x)) or real(m, x, *a, **k))
+    radii = minimal_epsilon(model, images, labels, grid, progress=False, device="cpu")
+    rungs = np.searchsorted(grid, exact, side="right")  # each image's first breaking rung
+    np.testing.assert_allclose(radii, grid[rungs])
+    linear = int((rungs + 1).sum())  # a ladder attacks an image at every rung up to its own
+    assert sum(rows) <= len(images) * (2 * np.log2(len(grid)) + 2) < linear

@@ -15,9 +15,9 @@ attack succeeds. From that one number per image follow
   stated radius (:func:`curve_area`, in percent of a model robust everywhere).
 
 Two searches give the minimal radius under the paper's PGD (step ``1.25 * eps / steps``,
-no random start): a **ladder** (:func:`minimal_epsilon`) runs PGD at each radius of a grid
-on the images not broken yet (per-image early stopping, so an image's radius is the first
-grid radius that breaks it), and a **bisection** (:func:`minimal_epsilon_bisection`) halves
+no random start): a **ladder** (:func:`minimal_epsilon`) finds for each image the first
+radius of a grid that breaks it (galloping up the grid, then bisecting, image by image),
+and a **bisection** (:func:`minimal_epsilon_bisection`) halves
 a per-image interval; :func:`refine_floor` bisects below a ladder's first rung, where the
 ladder alone would censor the most fragile images. Radii are in the paper's units: 1/255
 for L-inf, the L2 radius on the [0, 1] scale for L2. A clean-misclassified image has radius 0; an image no radius of
@@ -71,23 +71,64 @@ def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     progress: bool = True, stop_when_broken: bool = True) -> np.ndarray:
     """Per image, the first radius of ``grid`` (ascending, paper units) at which PGD-``steps`` breaks it.
 
-    The ladder with per-image early stopping: PGD runs at each radius on the images no
-    smaller radius has broken, and within a radius an image stops at the first PGD iterate
-    that breaks it (``stop_when_broken``; ``False`` keeps the last iterate). Returns a float array: 0 for clean-misclassified images,
-    ``inf`` for images no radius of the grid breaks.
+    A search over the grid's rungs, image by image (:func:`_first_breaking_rung`): galloping
+    up the rungs 0, 1, 3, 7, ... (and the last), then bisecting between the highest rung that
+    held and the lowest that broke, so an image whose radius is the ``k``-th rung costs about
+    ``2 log2 k`` PGD runs instead of the ``k`` of a linear ladder (an image broken at the first
+    rung costs one, as before). It returns the ladder's answer wherever breaking is monotone
+    in the radius, which PGD's step rule (``1.25 * eps / steps``) makes the rule. Within a
+    radius an image stops at the first PGD iterate that breaks it (``stop_when_broken``;
+    ``False`` keeps the last iterate). Returns a float array: 0 for clean-misclassified
+    images, ``inf`` for images no radius of the grid breaks.
     """
     radii = _check_grid(grid)
     ball, dev = threat_model(norm), resolve_device(device)
     result, alive = _clean_start(model, images, labels, dev)
+    pixels = torch.tensor([ball.pixels(r) for r in radii], dtype=torch.float64)
     with frozen_eval(model, dev):
-        for radius in tqdm(radii, desc=f"minimal eps ({norm})", leave=False, disable=not progress):
-            if len(alive) == 0:
-                break
-            broken = _broken(model, images[alive], labels[alive], ball.pixels(radius), steps, norm, dev,
-                             batch_size, stop_when_broken)
-            result[alive[broken].numpy()] = radius
-            alive = alive[~broken]
+        rung = _first_breaking_rung(model, images[alive], labels[alive], pixels, steps, norm, dev, batch_size,
+                                    stop_when_broken, progress)
+    broken = rung < len(radii)
+    result[alive[broken].numpy()] = np.asarray(radii)[rung[broken].numpy()]
     return result
+
+
+def gallop_rungs(n: int) -> list[int]:
+    """The rungs a galloping search tries first on a grid of ``n``: 0, 1, 3, 7, ... and the last."""
+    rungs, rung = [], 0
+    while rung < n - 1:
+        rungs.append(rung)
+        rung = 2 * rung + 1
+    return rungs + [n - 1]
+
+
+def _first_breaking_rung(model, images, labels, pixels, steps, norm, dev, batch_size, stop_when_broken,
+                         progress) -> torch.Tensor:
+    """Per image, the index of the first radius of ``pixels`` (ascending) at which PGD breaks it,
+    ``len(pixels)`` where none does: gallop up :func:`gallop_rungs`, then bisect each image's
+    bracket (the highest rung that held, the lowest that broke]."""
+    n = len(pixels)
+    held = torch.full((len(images),), -1, dtype=torch.long)  # highest rung known not to break
+    broke = torch.full((len(images),), n, dtype=torch.long)  # lowest rung known to break
+    standing = torch.arange(len(images))
+    for rung in tqdm(gallop_rungs(n), desc=f"minimal eps ({norm})", leave=False, disable=not progress):
+        if len(standing) == 0:
+            break
+        hit = _broken(model, images[standing], labels[standing], float(pixels[rung]), steps, norm, dev,
+                      batch_size, stop_when_broken)
+        broke[standing[hit]] = rung
+        held[standing[~hit]] = rung
+        standing = standing[~hit]
+    while True:
+        open_ = ((broke - held) > 1) & (broke < n)
+        if not bool(open_.any()):
+            return broke
+        idx = open_.nonzero().flatten()
+        mid = (held[idx] + broke[idx]) // 2
+        hit = _broken(model, images[idx], labels[idx], pixels[mid].float(), steps, norm, dev, batch_size,
+                      stop_when_broken)
+        broke[idx[hit]] = mid[hit]
+        held[idx[~hit]] = mid[~hit]
 
 
 def minimal_epsilon_bisection(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, high: float,

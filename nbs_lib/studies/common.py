@@ -20,7 +20,7 @@ from nbs_lib.report.paper import TABLE1_ATTACK, TABLE2_ATTACKS
 from nbs_lib.report.verdicts import verdict
 
 EVAL_CODE_VERSION = 3  # 2: the per-image clean and robust masks are kept; 3: PGD stops at the breaking iterate
-MIN_EPS_CODE_VERSION = 2  # 2: PGD stops at the breaking iterate
+MIN_EPS_CODE_VERSION = 3  # 2: PGD stops at the breaking iterate; 3: galloping search over the grid
 MIN_PAIRED_IMAGES = 20  # fewer paired images than this: a claim is not testable
 
 
