@@ -46,3 +46,25 @@ def test_wide_tables_scroll_with_their_key_column_in_view():
         assert table["overflow"] in ("auto", "scroll"), f"{table['text']!r} is cut off, not scrollable"
         assert table["scrolled"] > 0
         assert table["worst"] <= 1, f"{table['text']!r}: its first column scrolls out of view"
+
+
+CELL_PADDING = """() => Array.from(document.querySelectorAll('.cell_output table td')).map(td => {
+    const s = getComputedStyle(td);
+    return parseFloat(s.paddingLeft) + parseFloat(s.paddingRight);
+})"""
+
+
+def test_table_cells_keep_their_text_apart():
+    """Neighbouring cells of a result table are at least 8 px apart (seen run together on chapter 5's page)."""
+    if not PAGE.is_file():
+        pytest.skip(f"no built book at {BUILD} (run `make html` first)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(PAGE.as_uri())
+        paddings = page.evaluate(CELL_PADDING)
+        browser.close()
+    assert paddings, "chapter 6 should have result tables"
+    assert min(paddings) >= 8, f"table cells are only {min(paddings):.0f} px apart"
