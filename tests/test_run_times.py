@@ -39,10 +39,12 @@ def test_a_chapter_run_again_replaces_its_row(times_file):
 def test_progress_estimates_what_is_left_from_recorded_times(times_file):
     run_times.record("01_robustness", 600, 0, 0.0, "mini")
     run_times.record("02_cca_similarity", 300, 0, 0.0, "mini")
-    assert run_times.estimate_left(["01_robustness", "02_cca_similarity"]) == 900
-    assert run_times.estimate_left(["01_robustness", "03_uap"]) is None
+    assert run_times.estimate_left(["01_robustness", "02_cca_similarity"]) == (900, [])
+    assert run_times.estimate_left(["01_robustness", "03_uap"]) == (600, ["03_uap"])
     line = run_times.progress_line("01_robustness", ["02_cca_similarity"], build_start=0.0, now=120.0)
     assert "2 min into the build" in line and "about 15 min left" in line
+    partial = run_times.progress_line("01_robustness", ["03_uap"], 0.0, now=0.0)
+    assert "at least 10 min left" in partial and "none yet for 03_uap" in partial
     assert "no estimate" in run_times.progress_line("03_uap", [], 0.0, now=0.0)
 
 

@@ -82,21 +82,25 @@ def record(chapter: str, seconds: float, entries_before: int, build_start: float
     return table
 
 
-def estimate_left(chapters, path: str | Path | None = None) -> float | None:
-    """Seconds the recorded runs of ``chapters`` took, or ``None`` when one was never recorded."""
+def estimate_left(chapters, path: str | Path | None = None) -> tuple[float, list[str]]:
+    """Seconds the recorded runs of ``chapters`` took, and the chapters never recorded."""
     known = read(path).set_index("chapter")["seconds"]
-    if any(chapter not in known.index for chapter in chapters):
-        return None
-    return float(sum(known[chapter] for chapter in chapters))
+    unknown = [chapter for chapter in chapters if chapter not in known.index]
+    return float(sum(known[chapter] for chapter in chapters if chapter in known.index)), unknown
 
 
 def progress_line(chapter: str, later: list[str], build_start: float, path: str | Path | None = None,
                   now: float | None = None) -> str:
-    """``== chapter (k of n): elapsed, estimate left`` for a running build."""
+    """``== chapter (k after it): elapsed, estimate left`` for a running build."""
     elapsed = (now or time.time()) - build_start
-    left = estimate_left([chapter, *later], path)
-    estimate = (f"about {left / 60:.0f} min left by the last recorded times" if left is not None
-                else "no recorded time for every chapter left, so no estimate")
+    left, unknown = estimate_left([chapter, *later], path)
+    if not unknown:
+        estimate = f"about {left / 60:.0f} min left by the last recorded times"
+    elif len(unknown) == len(later) + 1:
+        estimate = "no chapter left has a recorded time, so no estimate"
+    else:
+        estimate = (f"at least {left / 60:.0f} min left by the last recorded times "
+                    f"(none yet for {', '.join(unknown)})")
     return f"== {chapter} ({len(later)} after it): {elapsed / 60:.0f} min into the build, {estimate}"
 
 
