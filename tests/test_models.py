@@ -144,7 +144,16 @@ def test_model_info_sizes_grow_with_capacity():
     sizes = [model_info(load_model(a, num_classes=10)).size_mb for a in LITES]
     assert sizes == sorted(sizes)
     params = model_info(load_model("efficientnet_lite0", num_classes=1000)).parameters
-    assert 4.5e6 < params < 4.8e6
+    assert 3.3e6 < params < 3.5e6  # f alone: the 1000-class head's 1.28 M parameters are not counted
+
+
+def test_model_size_is_the_backbone_as_the_paper_counts_it():
+    """Table 3 gives ResNet-18 42.7 MB and ResNet-50 90.1 MB: f without the head (with ImageNet's
+    head they would be 44.6 and 97.5), whatever the classes."""
+    assert round(model_info(load_model("resnet18", num_classes=1000)).size_mb, 1) == 42.7
+    assert abs(model_info(load_model("resnet50", num_classes=10)).size_mb - 90.1) < 0.5
+    assert model_info(load_model("efficientnet_lite0", num_classes=10)).size_mb == \
+        model_info(load_model("efficientnet_lite0", num_classes=1000)).size_mb
 
 
 @pytest.mark.parametrize("arch", ["efficientnet_lite0", "resnet18"])
