@@ -148,8 +148,8 @@ def test_channels_last_converts_modules_and_image_batches_only():
     assert channels_last(flat) is flat
 
 
-def test_pgd_runs_channels_last_and_matches_the_contiguous_gradient():
-    from nbs_lib.methods.attacks import _logits_and_grad
+def test_attacks_run_channels_last_with_the_contiguous_gradient_and_put_the_layout_back():
+    from nbs_lib.methods.attacks import _attack_layout, _logits_and_grad
 
     data = Blobs(12)
     reference = tiny_model().eval()
@@ -157,16 +157,18 @@ def test_pgd_runs_channels_last_and_matches_the_contiguous_gradient():
     loss = nn.functional.cross_entropy(reference(x), data.labels, reduction="sum")
     (expected,) = torch.autograd.grad(loss, x)
     model = tiny_model().eval()
-    pgd(model, data.images, data.labels, 2 / 255, 1)
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    _, grad = _logits_and_grad(model, data.images.clone().requires_grad_(True), data.labels, contextlib.nullcontext())
+    with _attack_layout(model) as view:
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        _, grad = _logits_and_grad(view, data.images.clone().requires_grad_(True), data.labels,
+                                   contextlib.nullcontext())
     torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+    pgd(model, data.images, data.labels, 2 / 255, 2, stop_when_broken=True)
+    assert conv.weight.is_contiguous()  # put back: a model trained later keeps its own layout
 
 
-def test_training_puts_the_model_in_channels_last():
-    data = Blobs()
-    model = tiny_model()
-    fit(model, data, CONFIG, device="cpu", progress=False)
+def test_a_model_in_training_mode_keeps_its_layout_under_attack():
+    model = tiny_model().train()
+    pgd(model, Blobs(6).images, Blobs(6).labels, 2 / 255, 1)
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.is_contiguous() and model.training

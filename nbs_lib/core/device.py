@@ -44,7 +44,7 @@ def channels_last(x):
     Convolutions run faster in that layout on the CPU as well as on CUDA (EfficientNet-Lite0
     at 64 px, 2 cores: training step 2.13x, attack step 1.48x; ``benchmarks/RESULTS.md``),
     and compute the same numbers up to float rounding. An attack needs both the model and
-    its input in the layout; training needs the model. Anything else is returned unchanged.
+    its input in the layout. Anything else is returned unchanged.
     """
     if isinstance(x, torch.nn.Module):
         return x.to(memory_format=torch.channels_last)

@@ -7,7 +7,6 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from nbs_lib.core.device import channels_last
 from nbs_lib.data.images import LabeledImages, loader_workers
 
 # ----------------------------------------------------------------------------------
@@ -92,13 +91,19 @@ def input_batches(data, labels: torch.Tensor | None, batch_size: int, device, sh
         yield from iterate_batches(data, labels, batch_size, shuffle, generator)
         return
     for x, y in _loader(data, batch_size, shuffle, generator, num_workers, device):
-        yield channels_last(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y.to(device, non_blocking=True)
 
 
 def device_data(ds: LabeledImages, device: torch.device):
     """The images on the device when the dataset is held in memory, else the dataset itself."""
     if ds.images is None:
         return ds
-    return channels_last(ds.images.to(device))
+    images = ds.images.to(device)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
 
 

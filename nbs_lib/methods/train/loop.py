@@ -41,7 +41,7 @@ Optimiser Adam with a cosine schedule down to ``min_lr`` per step, as in the aut
 released fine-tuning script. Learning rates are chosen on a validation split held out
 from the training set (:func:`train_model`), not on the test set as the paper did.
 
-The model is trained in the channels_last layout; on CUDA the loop uses bf16 autocast; data that fits stays on the
+On CUDA the loop uses bf16 autocast and channels_last; data that fits stays on the
 device. The same code path runs on the CPU. ``fit(compile=True)`` adds torch.compile,
 and under ``torchrun`` fit trains with DistributedDataParallel
 (:mod:`nbs_lib.core.distributed`); neither enters a cache key.
@@ -62,7 +62,6 @@ from tqdm.auto import tqdm
 
 from nbs_lib.core import distributed
 from nbs_lib.core.device import autocast as _autocast
-from nbs_lib.core.device import channels_last
 from nbs_lib.core.device import frozen_eval, resolve_device
 from nbs_lib.data.images import LabeledImages
 from nbs_lib.methods.batches import augment_batch, check_pixels, device_data, input_batches
@@ -117,7 +116,9 @@ def _embed(features: nn.Module, data, labels, device, batch_size: int, amp: bool
 
 
 def _prepare(model: SplitClassifier, config: TrainConfig, device: torch.device) -> SplitClassifier:
-    channels_last(model.to(device))
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
     if config.regime == "partial":
         for p in model.features.parameters():
             p.requires_grad_(False)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbs_lib.core.device import channels_last, frozen_eval
+from nbs_lib.core.device import frozen_eval
 from nbs_lib.methods.attacks import parse_attack, pgd
 from nbs_lib.methods.similarity.lipschitz import lipschitz_pgd, lipschitz_ratio
 from nbs_lib.methods.train.config import HEAD_KEY_DEFAULTS, TrainConfig
@@ -73,7 +73,9 @@ def load_teacher(model: SplitClassifier, config: TrainConfig, device: torch.devi
     if teacher.embedding_dim != model.embedding_dim:
         raise ValueError(f"the teacher's embedding has {teacher.embedding_dim} entries, the student's "
                          f"{model.embedding_dim}: distil from a source of the same architecture.")
-    features = channels_last(teacher.features.to(device).eval())
+    features = teacher.features.to(device).eval()
+    if device.type == "cuda":
+        features.to(memory_format=torch.channels_last)
     for p in features.parameters():
         p.requires_grad_(False)
     return features
