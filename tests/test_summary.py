@@ -22,7 +22,8 @@ def _csv_numbers(sources: str) -> set[str]:
 def _matches(token: str, csv_tokens: set[str]) -> bool:
     if token in csv_tokens:
         return True
-    digits = len(token.lstrip("+-").replace(".", "").lstrip("0")) or 1
+    mantissa = token.lower().split("e")[0]  # 4.66e-05 has three significant digits, not seven
+    digits = len(mantissa.lstrip("+-").replace(".", "").lstrip("0")) or 1
     value = float(token)
     return any(float(f"{float(t):.{digits}g}") == value for t in csv_tokens)
 
