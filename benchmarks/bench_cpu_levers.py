@@ -142,7 +142,10 @@ def to_markdown(rows: list[dict]) -> str:
               "'first step' includes torch.compile's compilation for the compile rows, which reuses kernels "
               "inductor cached on disk from earlier runs (/tmp/torchinductor_<user>; empty it to time a cold "
               "compile, about 100 s for training here). Attack rows: the loss is the last batch's summed "
-              "cross-entropy (weights do not change)."]
+              "cross-entropy (weights do not change). Used in the book: channels_last for the attacks only; "
+              "training in that layout moved a short fine-tuning run by more than rounding (chapter 6's eq. 5 "
+              "test lost its effect), so training stays contiguous on the CPU, and bf16 and torch.compile "
+              "stay off."]
     return "\n".join(lines)
 
 
