@@ -30,7 +30,8 @@ SCROLLED_TABLES = """() => Array.from(document.querySelectorAll('.cell_output ta
 })"""
 
 
-def test_wide_tables_scroll_with_their_key_column_in_view():
+def _evaluate_on_page(script: str):
+    """``script``'s result on chapter 6's built page in headless Chromium (skips without a build)."""
     if not PAGE.is_file():
         pytest.skip(f"no built book at {BUILD} (run `make html` first)")
     from playwright.sync_api import sync_playwright
@@ -39,8 +40,13 @@ def test_wide_tables_scroll_with_their_key_column_in_view():
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(PAGE.as_uri())
-        tables = page.evaluate(SCROLLED_TABLES)
+        result = page.evaluate(script)
         browser.close()
+    return result
+
+
+def test_wide_tables_scroll_with_their_key_column_in_view():
+    tables = _evaluate_on_page(SCROLLED_TABLES)
     assert tables, "chapter 6 should have at least one table wider than the page"
     for table in tables:
         assert table["overflow"] in ("auto", "scroll"), f"{table['text']!r} is cut off, not scrollable"
@@ -56,15 +62,6 @@ CELL_PADDING = """() => Array.from(document.querySelectorAll('.cell_output table
 
 def test_table_cells_keep_their_text_apart():
     """Neighbouring cells of a result table are at least 8 px apart (seen run together on chapter 5's page)."""
-    if not PAGE.is_file():
-        pytest.skip(f"no built book at {BUILD} (run `make html` first)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(PAGE.as_uri())
-        paddings = page.evaluate(CELL_PADDING)
-        browser.close()
+    paddings = _evaluate_on_page(CELL_PADDING)
     assert paddings, "chapter 6 should have result tables"
     assert min(paddings) >= 8, f"table cells are only {min(paddings):.0f} px apart"
