@@ -169,6 +169,9 @@ def test_attacks_run_channels_last_with_the_contiguous_gradient_and_put_the_layo
 
 def test_a_model_in_training_mode_keeps_its_layout_under_attack():
     model = tiny_model().train()
-    pgd(model, Blobs(6).images, Blobs(6).labels, 2 / 255, 1)
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    seen = []
+    conv.register_forward_pre_hook(lambda module, args: seen.append(module.weight.is_contiguous()))
+    pgd(model, Blobs(6).images, Blobs(6).labels, 2 / 255, 1)
+    assert seen and all(seen), "adversarial training's attack ran the model in another layout"
     assert conv.weight.is_contiguous() and model.training
