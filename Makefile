@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 ONLY ?=
 PROFILE ?= mini
+LANES ?= 1
 BOOK_NOTEBOOKS := $(if $(ONLY),notebooks/$(ONLY).ipynb,$(NOTEBOOKS))
 
 .PHONY: venv data test unit smoke-notebooks fresh html offline-check book bench clean lab
@@ -32,17 +33,9 @@ unit: venv data  ## quick feedback: no notebook runs, no tests marked slow
 
 ## make book: execute every notebook at the mini profile into book/, then build the HTML
 ## Each chapter's time goes to book/results/run_times.csv; from an empty cache: NBS_CACHE=$$(mktemp -d) make book
+## LANES=2 runs two chapters at a time, one torch thread each (they share the cache's models through its locks)
 book: venv data
-	@build=$$(date +%s); names="$(notdir $(basename $(BOOK_NOTEBOOKS)))"; set -- $$names; \
-	for nb in $(BOOK_NOTEBOOKS); do \
-	  name=$$(basename $$nb .ipynb); shift; \
-	  entries=$$($(BIN)/python -m nbs_lib.report.run_times before $$build $$name $$@) || exit 1; \
-	  start=$$(date +%s); \
-	  NBS_PUBLISH=1 $(BIN)/papermill $$nb book/$$name.ipynb -p profile $(PROFILE) --progress-bar --log-output || exit 1; \
-	  $(BIN)/python -m nbs_lib.report.notebooks tidy book/$$name.ipynb; \
-	  $(BIN)/python -m nbs_lib.report.run_times after $$name $$(( $$(date +%s) - start )) $$entries $$build $(PROFILE); \
-	  echo "== $$name done in $$(( $$(date +%s) - start )) s"; \
-	done
+	$(BIN)/python -m nbs_lib.report.book_build --profile $(PROFILE) --lanes $(LANES) $(BOOK_NOTEBOOKS)
 	$(BIN)/python -m nbs_lib.report.summary
 	$(MAKE) html
 

@@ -183,3 +183,26 @@ def test_plain_table_prints_small_rates_and_no_index():
     assert "row_heading" not in html  # the index column is hidden
     large = plain_table(pd.DataFrame({"source": ["teacher"], "ll": [404298.969]}), 3).to_html()
     assert "404,299" in large and "404298" not in large  # large values as whole numbers
+
+
+def test_autoattack_beside_table_2s_radius_runs_on_the_models_table_2_compares(monkeypatch):
+    """Issue 23's cut: AA#0.25 and AA#1.0 on standard and full only; every model keeps AA#0.5
+    (the gradient-masking check) and Tables 1-2's attacks; later seeds get Table 1's attack."""
+    from nbs_lib.studies import ch01_robustness as ch1
+    calls = []
+
+    def fake_study(datasets, profile, attacks, arch, weights, seed, device, cache, progress, regimes, train_seed,
+                   masks):
+        calls.append((train_seed, tuple(regimes), tuple(attacks)))
+        rows = [{"dataset": "digits", "model": r, "seed": train_seed, "attack": a, "aoi": 90.0, "aai": 10.0,
+                 "dr": 88.9, "n": 2, "budget": "", "clean": [True, True], "robust": [True, False]}
+                for r in regimes for a in attacks]
+        return pd.DataFrame(rows), {("digits", r): f"{r}@{train_seed}" for r in regimes}
+
+    monkeypatch.setattr(ch1, "robustness_study", fake_study)
+    table, by_seed = ch1.seeded_study(["digits"], "smoke", train_seeds=(0, 1))
+    aa = table[table["attack"].isin(["AA#0.25", "AA#1.0"])]
+    assert set(aa["model"]) == {"standard", "full"} and set(aa["seed"]) == {0}
+    assert set(table.loc[table["attack"] == "AA#0.5", "model"]) == set(ch1.CH1_MODELS)
+    assert set(table.loc[table["seed"] == 1, "attack"]) == {paper.TABLE1_ATTACK}
+    assert list(by_seed[0]) == [("digits", r) for r in ch1.CH1_MODELS] and len(by_seed[1]) == 4

@@ -1,12 +1,12 @@
 """`make book` records what each chapter cost (book/results/run_times.csv) and shows it (issue 23, part 1)."""
 
-import subprocess
-import sys
+import os
 
 import pandas as pd
 import pytest
 
-from nbs_lib.report import run_times
+from nbs_lib.report import book_build, run_times
+from nbs_lib.report.results import PUBLISH_VARIABLE, REPO_ROOT
 from nbs_lib.report.summary import build_cost
 
 
@@ -22,6 +22,7 @@ def test_cache_entries_count_kind_and_key_folders(tmp_path):
     for kind, key in [("models", "a"), ("models", "b"), ("robustness", "c")]:
         (tmp_path / kind / key).mkdir(parents=True)
     (tmp_path / "models" / "stray.txt").write_text("")
+    (tmp_path / ".locks" / "models").mkdir(parents=True)  # lock files are not entries
     assert run_times.cache_entries(tmp_path) == 3
 
 
@@ -48,16 +49,50 @@ def test_progress_estimates_what_is_left_from_recorded_times(times_file):
     assert "no estimate" in run_times.progress_line("03_uap", [], 0.0, now=0.0)
 
 
-def test_the_command_line_the_makefile_runs(tmp_path):
-    cache = tmp_path / "cache"
-    (cache / "models" / "k").mkdir(parents=True)
-    env = {"NBS_CACHE": str(cache), "PATH": "/usr/bin:/bin"}
-    before = subprocess.run([sys.executable, "-m", "nbs_lib.report.run_times", "before", "0", "01_robustness"],
-                            capture_output=True, text=True, env=env, check=True)
-    assert before.stdout.strip() == "1" and "== 01_robustness" in before.stderr
-    bad = subprocess.run([sys.executable, "-m", "nbs_lib.report.run_times", "nonsense"], capture_output=True,
-                         text=True, env=env)
-    assert bad.returncode == 2
+def _tiny_notebook(path, code):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_two_lanes_run_chapters_side_by_side_with_one_thread_each(tmp_path, times_file, monkeypatch):
+    """make book LANES=2: both chapters run at once, each with half the cores, and each gets its row."""
+    monkeypatch.setattr(book_build, "BOOK", tmp_path / "book")
+    monkeypatch.setattr(book_build, "LOGS", tmp_path / "logs")
+    monkeypatch.setenv("NBS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "book").mkdir()
+    code = "import os, time\nprofile = None\nprint('threads', os.environ.get('OMP_NUM_THREADS'))\ntime.sleep(3)"
+    books = [_tiny_notebook(tmp_path / f"{name}.ipynb", code) for name in ("00_a", "01_b")]
+    assert book_build.build(books, "smoke", lanes=2) == 0
+    table = pd.read_csv(times_file).set_index("chapter")
+    assert sorted(table["lane"]) == [1, 2] and set(table["profile"]) == {"smoke"}
+    assert table["started_s"].max() < 3  # the second started before the first had finished
+    expected = str(max(1, os.cpu_count() // 2))
+    assert f"threads {expected}" in (tmp_path / "logs" / "01_b.log").read_text()
+    assert (tmp_path / "book" / "00_a.ipynb").is_file()
+    assert "wall clock in 2 lanes" in build_cost(times_file.parent)
+
+
+def test_a_failed_chapter_stops_the_build(tmp_path, times_file, monkeypatch):
+    monkeypatch.setattr(book_build, "BOOK", tmp_path / "book")
+    monkeypatch.setattr(book_build, "LOGS", tmp_path / "logs")
+    (tmp_path / "book").mkdir()
+    books = [_tiny_notebook(tmp_path / "00_bad.ipynb", "raise ValueError('no')"),
+             _tiny_notebook(tmp_path / "01_next.ipynb", "x = 1")]
+    assert book_build.build(books, "smoke", lanes=1) == 1
+    assert not times_file.exists()  # neither the failed chapter nor the one after it was recorded
+    with pytest.raises(SystemExit):
+        book_build.main([str(tmp_path / "missing.ipynb")])
+
+
+def test_the_build_publishes_and_shares_the_cores():
+    one, two = book_build.lane_environment(1), book_build.lane_environment(2, cores=2)
+    assert one[PUBLISH_VARIABLE] == "1" == two[PUBLISH_VARIABLE]
+    assert two["OMP_NUM_THREADS"] == "1" and book_build.lane_environment(2, cores=16)["OMP_NUM_THREADS"] == "8"
+    assert "nbs_lib.report.book_build" in (REPO_ROOT / "Makefile").read_text()
 
 
 def test_the_summary_shows_the_recorded_build(times_file):

@@ -103,3 +103,36 @@ def test_cached_artifacts_need_a_code_version_and_a_bump_recomputes(tmp_path):
     assert len(calls) == 2
     with pytest.raises(ValueError, match="code_version"):
         cache.memo("r", {"code_version": 3}, lambda: 1, code_version=4)
+
+
+_CONCURRENT = """
+import sys, time
+from nbs_lib.core.runs import RunCache
+cache, log = RunCache(sys.argv[1]), sys.argv[2]
+def compute():
+    with open(log, "a") as f:
+        f.write("computed\\n")
+    time.sleep(1.0)
+    return {"x": 1}
+print(cache.memo("results", {"a": 1}, compute, code_version=1))
+"""
+
+
+def test_two_processes_sharing_the_cache_compute_an_entry_once(tmp_path):
+    """make book's lanes share one cache: the second process waits for the entry, then loads it."""
+    import subprocess
+    import sys
+    log = tmp_path / "computed.txt"
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, str(tmp_path / "cache"), str(log)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert log.read_text().count("computed") == 1
+    assert all("{'x': 1}" in out for out in outputs)
+
+
+def test_entries_do_not_wait_on_each_other(tmp_path):
+    cache = RunCache(tmp_path)
+    with cache.exclusive("models", {"a": 1}):
+        with cache.exclusive("models", {"a": 2}):  # another entry: no deadlock
+            assert cache.memo("results", {"b": 1}, lambda: 3, code_version=1) == 3

@@ -10,10 +10,15 @@ outside the repository by default (``~/.cache/nbs_lib``); ``NBS_CACHE`` override
   its last finished epoch (:meth:`RunCache.save_checkpoint` / :meth:`load_checkpoint`).
 * Each entry stores its config beside it; an entry whose config does not match or
   whose files do not load is reported, discarded and recomputed, never silently used.
+* Processes sharing one cache (``make book LANES=2``) take an entry's lock while they
+  look it up and compute it (:meth:`RunCache.exclusive`), so no entry is computed twice:
+  the second process waits, then loads what the first stored.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +31,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from nbs_lib.core import distributed
+
 CACHE_ENV = "NBS_CACHE"
+LOCKS = ".locks"  # the entries' lock files (not entries themselves)
 
 
 def default_cache_dir() -> Path:
@@ -128,6 +136,26 @@ class RunCache:
                           stacklevel=3)
             shutil.rmtree(entry, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def exclusive(self, kind: str, config: dict):
+        """Hold the lock of one entry (an advisory file lock under ``<cache>/.locks``).
+
+        Another process asking for the same entry waits until this one leaves the block;
+        the lock goes with the process if it dies. Different entries never wait on each other.
+        The ranks of one distributed run do not lock (they compute together; rank 0 writes).
+        """
+        if distributed.is_distributed():
+            yield
+            return
+        folder = self.root / LOCKS / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{config_key(config)}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     # -- cached artifacts: load, or compute and save ------------------------------
     @staticmethod
     def versioned(config: dict, code_version: int) -> dict:
@@ -141,28 +169,30 @@ class RunCache:
     def memo(self, kind: str, config: dict, compute: Callable[[], Any], *, code_version: int) -> Any:
         """``compute()``'s JSON-serialisable value, computed once per config and code version."""
         config = self.versioned(config, code_version)
-        entry = self.entry_dir(kind, config)
-        result = entry / "result.json"
-        if result.exists():
-            try:
-                self._check_config(entry, config)
-                return json.loads(result.read_text())
-            except (CorruptEntry, json.JSONDecodeError, UnicodeDecodeError) as err:
-                self.discard(kind, config, str(err))
-        value = compute()
-        self._write_config(entry, config)
-        atomic_write_bytes(result, lambda f: f.write(json.dumps(value, default=float).encode()))
-        return value
+        with self.exclusive(kind, config):
+            entry = self.entry_dir(kind, config)
+            result = entry / "result.json"
+            if result.exists():
+                try:
+                    self._check_config(entry, config)
+                    return json.loads(result.read_text())
+                except (CorruptEntry, json.JSONDecodeError, UnicodeDecodeError) as err:
+                    self.discard(kind, config, str(err))
+            value = compute()
+            self._write_config(entry, config)
+            atomic_write_bytes(result, lambda f: f.write(json.dumps(value, default=float).encode()))
+            return value
 
     def artifact(self, kind: str, config: dict, compute: Callable[[], dict], *, code_version: int) -> dict:
         """``compute()``'s payload (a dict of tensors and plain values), computed once per config
         and code version and stored with ``torch.save``; a corrupt entry is discarded and recomputed."""
         config = self.versioned(config, code_version)
-        stored = self.load_model_state(kind, config)
-        if stored is None:
-            stored = compute()
-            self.save_model_state(kind, config, stored)
-        return stored
+        with self.exclusive(kind, config):
+            stored = self.load_model_state(kind, config)
+            if stored is None:
+                stored = compute()
+                self.save_model_state(kind, config, stored)
+            return stored
 
     def mapped_tensor(self, kind: str, config: dict, shape: tuple[int, ...],
                       fill: Callable[[torch.Tensor], None], *, code_version: int) -> torch.Tensor:
@@ -175,6 +205,11 @@ class RunCache:
         A file of the wrong size or a mismatched config is discarded and recomputed.
         """
         config = self.versioned({**config, "shape": list(shape)}, code_version)
+        with self.exclusive(kind, config):
+            return self._mapped_tensor(kind, config, shape, fill)
+
+    def _mapped_tensor(self, kind: str, config: dict, shape: tuple[int, ...],
+                       fill: Callable[[torch.Tensor], None]) -> torch.Tensor:
         entry = self.entry_dir(kind, config)
         stored = entry / "tensor.f32"
         nbytes = int(np.prod(shape)) * 4

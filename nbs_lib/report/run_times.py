@@ -2,24 +2,18 @@
 
 One row per chapter: its wall-clock seconds, how many run-cache entries existed when it
 started (0: an empty cache, so every model and attack of the chapter was computed), the
-profile, the build it belongs to (the build's start time) and the machine (cores, CPU
-model, torch version). A chapter run again replaces its row, so a table mixing builds
+profile, the build it belongs to (the build's start time), the lane that ran it and when
+it started in that build (``make book LANES=2`` runs two chapters at a time,
+:mod:`nbs_lib.report.book_build`), and the machine (cores, CPU model, torch version). A chapter run again replaces its row, so a table mixing builds
 shows it in the ``build`` column. While a build runs, :func:`progress_line` says which
 chapter is next and estimates what is left from the times recorded before.
 
-Command line (the Makefile's ``book`` target)::
-
-    python -m nbs_lib.report.run_times before BUILD_START CHAPTER [LATER_CHAPTERS ...]
-    python -m nbs_lib.report.run_times after CHAPTER SECONDS CACHE_ENTRIES BUILD_START PROFILE
-
-``before`` prints the progress line to stderr and the number of cache entries to stdout.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,12 +21,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from nbs_lib.core.runs import default_cache_dir
+from nbs_lib.core.runs import LOCKS, default_cache_dir
 from nbs_lib.report.results import DEFAULT_RESULTS_DIR
 
 RUN_TIMES = DEFAULT_RESULTS_DIR / "run_times.csv"
-COLUMNS = ["chapter", "seconds", "cache_entries_before", "cache_empty", "profile", "build", "cores", "cpu",
-           "torch"]
+COLUMNS = ["chapter", "seconds", "cache_entries_before", "cache_empty", "profile", "build", "lane", "started_s",
+           "cores", "cpu", "torch"]
 
 
 def cache_entries(root: str | Path | None = None) -> int:
@@ -40,7 +34,8 @@ def cache_entries(root: str | Path | None = None) -> int:
     root = Path(root) if root is not None else default_cache_dir()
     if not root.is_dir():
         return 0
-    return sum(1 for kind in root.iterdir() if kind.is_dir() for entry in kind.iterdir() if entry.is_dir())
+    return sum(1 for kind in root.iterdir() if kind.is_dir() and kind.name != LOCKS
+               for entry in kind.iterdir() if entry.is_dir())
 
 
 def cpu_model() -> str:
@@ -69,12 +64,16 @@ def read(path: str | Path | None = None) -> pd.DataFrame:
 
 
 def record(chapter: str, seconds: float, entries_before: int, build_start: float, profile: str,
-           path: str | Path | None = None) -> pd.DataFrame:
-    """Write ``chapter``'s row (replacing an older one) and return the table."""
+           path: str | Path | None = None, lane: int = 1, started: float = 0.0) -> pd.DataFrame:
+    """Write ``chapter``'s row (replacing an older one) and return the table.
+
+    ``lane`` ran it, ``started`` seconds after the build began."""
     row = {"chapter": chapter, "seconds": round(float(seconds)), "cache_entries_before": int(entries_before),
-           "cache_empty": int(entries_before) == 0, "profile": profile, "build": _stamp(build_start), **machine()}
+           "cache_empty": int(entries_before) == 0, "profile": profile, "build": _stamp(build_start),
+           "lane": int(lane), "started_s": round(float(started)), **machine()}
     table = read(path)
-    table = pd.concat([table[table["chapter"] != chapter], pd.DataFrame([row])], ignore_index=True)
+    table = pd.concat([table[table["chapter"] != chapter].reindex(columns=COLUMNS), pd.DataFrame([row])],
+                      ignore_index=True)
     table = table.sort_values("chapter", kind="stable")[COLUMNS]
     path = Path(path or RUN_TIMES)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,10 +89,12 @@ def estimate_left(chapters, path: str | Path | None = None) -> tuple[float, list
 
 
 def progress_line(chapter: str, later: list[str], build_start: float, path: str | Path | None = None,
-                  now: float | None = None) -> str:
-    """``== chapter (k after it): elapsed, estimate left`` for a running build."""
+                  now: float | None = None, lanes: int = 1) -> str:
+    """``== chapter (k after it): elapsed, estimate left`` for a running build (of ``lanes`` lanes:
+    the recorded times of what is left, divided among them)."""
     elapsed = (now or time.time()) - build_start
     left, unknown = estimate_left([chapter, *later], path)
+    left /= lanes
     if not unknown:
         estimate = f"about {left / 60:.0f} min left by the last recorded times"
     elif len(unknown) == len(later) + 1:
@@ -102,22 +103,3 @@ def progress_line(chapter: str, later: list[str], build_start: float, path: str 
         estimate = (f"at least {left / 60:.0f} min left by the last recorded times "
                     f"(none yet for {', '.join(unknown)})")
     return f"== {chapter} ({len(later)} after it): {elapsed / 60:.0f} min into the build, {estimate}"
-
-
-def main(argv: list[str]) -> int:
-    command, *args = argv
-    if command == "before":
-        build_start, chapter, *later = args
-        print(progress_line(chapter, later, float(build_start)), file=sys.stderr)
-        print(cache_entries())
-        return 0
-    if command == "after":
-        chapter, seconds, entries, build_start, profile = args
-        record(chapter, float(seconds), int(entries), float(build_start), profile)
-        return 0
-    print(__doc__, file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -110,6 +110,9 @@ def attack_sanity(models: dict, table: pd.DataFrame, profile: str | Profile, see
 # ----------------------------------------------------------------------------------
 
 AA_RADII = ("AA#0.25", "AA#0.5", "AA#1.0")  # AutoAttack on the same images at three radii
+# AutoAttack at the radii beside Table 2's 0.5/255 runs on the models Table 2 compares; every model
+# keeps AA#0.5, which the gradient-masking check (:func:`attack_sanity`) needs
+AA_EXTRA_MODELS = ("standard", "full")
 
 
 def seeded_study(datasets, profile: str | Profile, train_seeds=(0,), weights="imagenet", seed: int = 0,
@@ -120,19 +123,23 @@ def seeded_study(datasets, profile: str | Profile, train_seeds=(0,), weights="im
     fine-tuning with its head fitted to convergence, and the same with f's BatchNorm
     statistics re-estimated on the target (``partial_bn``); both partial models are
     deterministic, so every training seed shares them. The first training seed gets every
-    attack of Tables 1-2 and AutoAttack at :data:`AA_RADII`; the others Table 1's attack
-    (their minimal radii come from :func:`per_image_results`).
+    attack of Tables 1-2, and AutoAttack at the other radii of :data:`AA_RADII` on the models
+    of :data:`AA_EXTRA_MODELS`; the other seeds get Table 1's attack (their minimal radii come
+    from :func:`per_image_results`).
     Returns ``(table, models_by_seed)`` with ``models_by_seed[train_seed][(dataset, regime)]``.
     """
     profile = get_profile(profile)
     tables, by_seed = [], {}
     for i, train_seed in enumerate(train_seeds):
-        attacks = [TABLE1_ATTACK, *TABLE2_ATTACKS, *AA_RADII] if i == 0 else [TABLE1_ATTACK]
-        attacks = list(dict.fromkeys(attacks))
-        table, models = robustness_study(datasets, profile, attacks, profile.arch, weights, seed, device, cache,
-                                         progress, regimes=CH1_MODELS, train_seed=train_seed, masks=True)
-        tables.append(with_intervals(table))
-        by_seed[train_seed] = models
+        runs = [(CH1_MODELS, [TABLE1_ATTACK, *TABLE2_ATTACKS] if i == 0 else [TABLE1_ATTACK])]
+        if i == 0:
+            runs.append((AA_EXTRA_MODELS, [a for a in AA_RADII if a not in TABLE2_ATTACKS]))
+        for regimes, attacks in runs:
+            table, models = robustness_study(datasets, profile, list(dict.fromkeys(attacks)), profile.arch, weights,
+                                             seed, device, cache, progress, regimes=regimes, train_seed=train_seed,
+                                             masks=True)
+            tables.append(with_intervals(table))
+            by_seed.setdefault(train_seed, {}).update(models)
     return pd.concat(tables, ignore_index=True), by_seed
 
 

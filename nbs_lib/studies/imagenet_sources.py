@@ -51,13 +51,14 @@ def imagenet_source(profile: str | Profile = "mini") -> SourceModel:
 
 def _train_rung(config: DistillConfig, cache: RunCache, device, progress: bool) -> tuple[dict, dict]:
     key = RunCache.versioned({"kind": "self-distilled source", **config.key()}, LADDER_CODE_VERSION)
-    stored = cache.load_model_state("sources", key)
-    if stored is None:
-        start = cache.load_checkpoint("sources", key)
-        student, history = self_distill(config, device, progress, start=start,
-                                        on_checkpoint=lambda payload: cache.save_checkpoint("sources", key, payload))
-        stored = {"model": student.state_dict(), "history": history}
-        cache.save_model_state("sources", key, stored)
+    with cache.exclusive("sources", key):
+        stored = cache.load_model_state("sources", key)
+        if stored is None:
+            start = cache.load_checkpoint("sources", key)
+            student, history = self_distill(config, device, progress, start=start, on_checkpoint=lambda payload:
+                                            cache.save_checkpoint("sources", key, payload))
+            stored = {"model": student.state_dict(), "history": history}
+            cache.save_model_state("sources", key, stored)
     return key, stored
 
 

@@ -200,6 +200,13 @@ def _train_cached(dataset, arch, weights, num_classes, train_set, val_set, confi
     the finished model.
     """
     key = model_config(dataset, arch, weights, num_classes, config, profile, train_set, val_set)
+    with cache.exclusive("models", key):
+        return _load_or_train(key, dataset, arch, weights, num_classes, train_set, val_set, config, profile,
+                              device, cache, progress, compile, epoch_data)
+
+
+def _load_or_train(key, dataset, arch, weights, num_classes, train_set, val_set, config: TrainConfig,
+                   profile: Profile, device, cache: RunCache, progress: bool, compile, epoch_data) -> TrainedModel:
     model = load_model(arch, weights=weights, num_classes=num_classes, seed=config.seed)
     stored = distributed.broadcast_from_main(lambda: cache.load_model_state("models", key))
     if stored is not None:
