@@ -83,6 +83,15 @@ def mmd_vs_dr():
     return plots.mmd_vs_dr(frame, correlations)
 
 
+def mmd_panels():
+    """Chapter 4's figure: Figure 6's DR and the curve area, one panel each."""
+    frame = _grid([{"dataset": d, "mmd": rng.uniform(0, 1), "dr": rng.uniform(60, 100), "area": rng.uniform(0, 60),
+                    "dr_standard": 20.0, "area_standard": 40.0} for d in TARGETS])
+    correlations = _grid([{"correlation": "Spearman", "r": -0.82, "ci_low": -1.0, "ci_high": -0.06},
+                          {"correlation": "Pearson", "r": -0.7, "ci_low": -0.95, "ci_high": 0.1}])
+    return plots.mmd_panels(frame, {"dr": correlations, "area": correlations})
+
+
 BUDGETS = [("L2", 1.0), ("L2", 2.0), ("L2", 4.0), ("Linf", 2.0), ("Linf", 4.0), ("Linf", 8.0), ("Linf", 16.0)]
 
 
@@ -157,7 +166,7 @@ def lambda_sweep_plot():
 
 
 FIGURES = [example_grid, training_curves, robust_accuracy_curves, decline_ratio_bars, claims_forest,
-           adversarial_panel, similarity_bars, mmd_vs_dr, uap_sweep_grid, gradient_grid, uap_budget_curves,
+           adversarial_panel, similarity_bars, mmd_vs_dr, mmd_panels, uap_sweep_grid, gradient_grid, uap_budget_curves,
            uap_success_curves, uap_transfer_bars, uap_panel, dr_vs_size, feature_visualisation_grid,
            before_after_grid, transfer_curve_grid, lambda_sweep_plot]
 

@@ -206,3 +206,17 @@ def test_autoattack_beside_table_2s_radius_runs_on_the_models_table_2_compares(m
     assert set(table.loc[table["attack"] == "AA#0.5", "model"]) == set(ch1.CH1_MODELS)
     assert set(table.loc[table["seed"] == 1, "attack"]) == {paper.TABLE1_ATTACK}
     assert list(by_seed[0]) == [("digits", r) for r in ch1.CH1_MODELS] and len(by_seed[1]) == 4
+
+
+def test_short_cells_stay_on_one_line_and_long_text_wraps():
+    """A p-value like 8.2e-143 or an interval broken across two lines is hard to read (issue 22)."""
+    from nbs_lib.report.tables import plain_table
+    frame = pd.DataFrame({"claim": ["DM@stage-1&2 is more robust than full by the mean minimal radius"] * 2,
+                          "p": ["8.2e-143", "0.03"], "A - B [95% interval]": ["0.21 [0.17, 0.24]"] * 2,
+                          "aoi": [93.25, 90.0]})
+    html = plain_table(frame).to_html()
+    nowrap = {rule.split("{")[0].strip() for rule in html.split("</style>")[0].split("}") if "nowrap" in rule}
+    cells = " ".join(nowrap)
+    assert "col1" in cells and "col2" in cells and "col3" in cells and "col0" not in cells
+    empty = plain_table(pd.DataFrame({("aoi", "full"): [1.0]}))  # MultiIndex columns work too
+    assert "nowrap" in empty.to_html()

@@ -294,6 +294,16 @@ def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None, y: 
     return fig
 
 
+def mmd_panels(frame: pd.DataFrame, correlations_by_measure: dict):
+    """Figure 6 and the measures beside it: one :func:`mmd_vs_dr` panel per measure (``{y: correlations}``),
+    stacked at the page's width so that each keeps the width of a figure of its own."""
+    fig, axes = plt.subplots(len(correlations_by_measure), 1, squeeze=False,
+                             figsize=(page_width(6.4), 4.2 * len(correlations_by_measure)))
+    for ax, (y, correlations) in zip(axes[:, 0], correlations_by_measure.items()):
+        mmd_vs_dr(frame, correlations, y=y, ax=ax)
+    return fig
+
+
 LABEL_OFFSETS = [(5, 4), (5, -4), (-5, 4), (-5, -4), (0, 8), (0, -8), (9, 0), (-9, 0)]  # points from the marker
 
 

@@ -58,8 +58,14 @@ def _with_interval(value: float, low: float, high: float, digits: int = 1) -> st
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+SHORT_CELL = 24  # characters: a column whose cells are all this short never breaks a cell across lines
+
+
 def _styled(frame: pd.DataFrame):
-    return frame.style.hide(axis="index")
+    """No index column; short cells (numbers, intervals, p-values, names) kept on one line:
+    "8.2e-143" or "93.3 [92.1, 94.4]" broken in two is hard to read. Long text still wraps."""
+    short = [c for c in frame.columns if frame[c].astype(str).str.len().max() <= SHORT_CELL]
+    return frame.style.hide(axis="index").set_properties(subset=short, **{"white-space": "nowrap"})
 
 
 def plain_table(frame: pd.DataFrame, digits: int = 1):
@@ -75,7 +81,7 @@ def plain_table(frame: pd.DataFrame, digits: int = 1):
         return f"{value:.1e}" if value != 0 and abs(value) < 10 ** -digits else f"{value:.{digits}f}"
 
     floats = list(frame.select_dtypes("float").columns)
-    return frame.style.hide(axis="index").format(number, subset=floats)
+    return _styled(frame).format(number, subset=floats)
 
 
 def interval_view(table: pd.DataFrame, attack: str = TABLE1_ATTACK):
