@@ -30,11 +30,13 @@ import time
 from pathlib import Path
 
 from nbs_lib.report import run_times
+from nbs_lib.report.notebooks import tidy_executed
 from nbs_lib.report.results import PUBLISH_VARIABLE, REPO_ROOT
 
 BOOK = REPO_ROOT / "book"
 LOGS = REPO_ROOT / "scratch" / "logs"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_RECORD_LOCK = threading.Lock()  # the lanes write run_times.csv one at a time
 
 
 def lane_environment(lanes: int, cores: int | None = None) -> dict:
@@ -69,15 +71,12 @@ def run_chapter(notebook: Path, profile: str, build_start: float, later: list[st
         where = f"; its log: scratch/logs/{name}.log" if lanes > 1 else ""
         print(f"== {name} failed (papermill exit status {status}){where}", flush=True)
         return status
-    subprocess.run([sys.executable, "-m", "nbs_lib.report.notebooks", "tidy", str(BOOK / notebook.name)], check=True)
+    tidy_executed(BOOK / notebook.name)
     seconds = time.time() - start
     with _RECORD_LOCK:
         run_times.record(name, seconds, entries, build_start, profile, lane=lane, started=start - build_start)
     print(f"== {name} done in {seconds:.0f} s", flush=True)
     return 0
-
-
-_RECORD_LOCK = threading.Lock()
 
 
 def build(notebooks: list[Path], profile: str, lanes: int = 1) -> int:
