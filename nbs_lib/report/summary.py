@@ -18,6 +18,7 @@ import pandas as pd
 from nbs_lib.report.results import DEFAULT_RESULTS_DIR, results_path
 
 SUMMARY = DEFAULT_RESULTS_DIR.parent / "summary.md"
+BOOK_CHAPTERS = sorted(p.stem for p in (DEFAULT_RESULTS_DIR.parents[1] / "notebooks").glob("*.ipynb"))
 BEGIN = "<!-- begin generated: {name} (from {sources}; nbs_lib.report.summary, do not edit) -->"
 END = "<!-- end generated: {name} -->"
 
@@ -131,25 +132,32 @@ def chapter7(results_dir=None) -> str:
 
 
 def build_cost(results_dir=None) -> str:
-    """The cost of building the book: each chapter's recorded time (``run_times.csv``)."""
+    """The cost of building the book: each chapter's recorded time (``run_times.csv``), the wall
+    clock of the latest build that ran in lanes, and the chapters that have no recorded time."""
     folder = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
     path = folder / "run_times.csv"
     if not path.is_file():
         return "No build has recorded its times yet (`make book` writes `book/results/run_times.csv`)."
     times = pd.read_csv(path)
-    lanes = int(times["lane"].max()) if "lane" in times and times["lane"].notna().any() else 1
+    laned = times[times["lane"].notna()] if "lane" in times else times.iloc[:0]
     rows = [f"| {r.chapter} | {r.seconds:,.0f} | {r.seconds / 60:.1f} | {'empty' if r.cache_empty else f'{r.cache_entries_before:,} entries'} "
-            f"| {r.build} |" + (f" {r.lane:.0f} |" if lanes > 1 else "") for r in times.itertuples()]
+            f"| {r.build} |" + (f" {'' if pd.isna(r.lane) else f'{r.lane:.0f}'} |" if len(laned) else "")
+            for r in times.itertuples()]
     machines = "; ".join(sorted({f"{r.cores} cores, {r.cpu}, torch {r.torch}" for r in times.itertuples()}))
     profiles = ", ".join(sorted(set(times["profile"])))
     header = ["| chapter | seconds | minutes | run cache at its start | build started |",
               "|---|---|---|---|---|"]
-    total = [f"| all | {times.seconds.sum():,.0f} | {times.seconds.sum() / 60:.1f} | | |"]
-    if lanes > 1:
-        wall = float((times["started_s"] + times["seconds"]).max())
+    total = [f"| sum of the rows | {times.seconds.sum():,.0f} | {times.seconds.sum() / 60:.1f} | | |"]
+    if len(laned):
+        latest = laned[laned["build"] == max(laned["build"])]
+        wall = float((latest["started_s"] + latest["seconds"]).max())
         header = [header[0] + " lane |", header[1] + "---|"]
-        total = [total[0] + " |", f"| wall clock in {lanes} lanes | {wall:,.0f} | {wall / 60:.1f} | | | |"]
-    return "\n".join([*header, *rows, *total, "", f"Profile {profiles}; machine: {machines}."])
+        total = [total[0] + " |", f"| wall clock of the {latest['build'].iloc[0]} build's rows "
+                 f"| {wall:,.0f} | {wall / 60:.1f} | | | |"]
+    missing = sorted(set(BOOK_CHAPTERS) - set(times["chapter"]))
+    unrecorded = [f"No recorded time for {', '.join(missing)}: their pages come from runs before times were "
+                  "recorded, or the build that ran them did not finish."] if missing else []
+    return "\n".join([*header, *rows, *total, "", f"Profile {profiles}; machine: {machines}.", *unrecorded])
 
 
 SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "
