@@ -35,6 +35,14 @@ def test_source_notebook_is_clean_and_parameterised(source):
         assert re.search(rf"^{name}\s*=", params, re.M), f"{source} lacks the parameter {name}"
 
 
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_tables_are_printed_by_the_library(source):
+    """One way to print a table (nbs_lib.report.tables): a notebook that styles its own table
+    shows an index column or breaks p-values and intervals across lines (issue 22)."""
+    styled = [i for i, cell in enumerate(code_cells(source)) if ".style." in cell]
+    assert not styled, f"{source.stem}: code cells {styled} style a table; use plain_table or a view of nbs_lib.report.tables"
+
+
 # Chapters whose parameters still use the old names; each leaves this set when it is re-run
 # with the shared vocabulary (issue: one vocabulary across chapters).
 OLD_VOCABULARY: set[str] = set()

@@ -183,6 +183,10 @@ def test_plain_table_prints_small_rates_and_no_index():
     assert "row_heading" not in html  # the index column is hidden
     large = plain_table(pd.DataFrame({"source": ["teacher"], "ll": [404298.969]}), 3).to_html()
     assert "404,299" in large and "404298" not in large  # large values as whole numbers
+    claims = plain_table(pd.DataFrame({"claim": ["a", "b"], "p": [8.2e-143, 0.0349], "mcnemar p": [0.5, None],
+                                       "n": [500.0, 500.0]}), 1).to_html()
+    assert ">8.2e-143<" in claims and ">0.035<" in claims and ">0.5<" in claims  # p-values at 2 digits
+    assert ">500.0<" in claims and ">0.0<" not in claims  # other floats keep the table's digits
 
 
 def test_autoattack_beside_table_2s_radius_runs_on_the_models_table_2_compares(monkeypatch):

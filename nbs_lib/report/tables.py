@@ -68,11 +68,18 @@ def _styled(frame: pd.DataFrame):
     return frame.style.hide(axis="index").set_properties(subset=short, **{"white-space": "nowrap"})
 
 
+def _is_p_value(column) -> bool:
+    """A column of p-values: named ``p`` or ``... p`` (``"mcnemar p"``), ``p (...)`` or ``p_...``."""
+    name = str(column[-1] if isinstance(column, tuple) else column).lower()
+    return name == "p" or name.endswith(" p") or name.startswith(("p ", "p_"))
+
+
 def plain_table(frame: pd.DataFrame, digits: int = 1):
     """A table as the book prints it: no index column, floats at ``digits`` decimals, small
     non-zero floats (learning rates) in short scientific notation rather than rounded to 0,
-    and floats of 1,000 or more as whole numbers with thousands separators (an LL of 404,299,
-    not 404298.969)."""
+    floats of 1,000 or more as whole numbers with thousands separators (an LL of 404,299,
+    not 404298.969), p-values at two significant digits (0.035, 8.2e-143) and missing values
+    as blanks."""
     def number(value):
         if pd.isna(value):
             return ""
@@ -80,8 +87,13 @@ def plain_table(frame: pd.DataFrame, digits: int = 1):
             return f"{value:,.0f}"
         return f"{value:.1e}" if value != 0 and abs(value) < 10 ** -digits else f"{value:.{digits}f}"
 
+    def p_value(value):
+        return "" if pd.isna(value) else f"{value:.2g}"
+
     floats = list(frame.select_dtypes("float").columns)
-    return _styled(frame).format(number, subset=floats)
+    p_values = [c for c in floats if _is_p_value(c)]
+    numbers = [c for c in floats if c not in p_values]
+    return _styled(frame).format(number, subset=numbers).format(p_value, subset=p_values)
 
 
 def interval_view(table: pd.DataFrame, attack: str = TABLE1_ATTACK):
