@@ -190,6 +190,24 @@ def test_the_measure_sees_a_figure_shrunk_to_the_page():
     assert sizes["a title"] < 9  # about twice the page's width: shown much smaller
 
 
+def test_mmd_labels_keep_off_the_standard_models_crosses():
+    """Chapter 4's Figure 6: a dataset's label had covered a standard model's grey cross (issue 22)."""
+    # shapes' cross sits where alphabet's label goes first (right of and above alphabet's dot)
+    frame = pd.DataFrame({"dataset": ["mnist", "alphabet", "shapes", "digits"], "mmd": [0.0, 0.5, 0.53, 1.0],
+                          "dr": [10.0, 50.0, 90.0, 90.0], "dr_standard": [30.0, 80.0, 54.5, 70.0]})
+    fig = plots.mmd_vs_dr(frame)
+    try:
+        ax = fig.axes[0]
+        renderer = fig.canvas.get_renderer()
+        crosses = ax.transData.transform(np.column_stack([frame.mmd, frame.dr_standard]))
+        for label in ax.texts:
+            box = label.get_window_extent(renderer)
+            assert not any(box.x0 - 3 < x < box.x1 + 3 and box.y0 - 3 < y < box.y1 + 3 for x, y in crosses), \
+                f"{label.get_text()!r} covers a cross"
+    finally:
+        plt.close(fig)
+
+
 def test_example_grid_row_labels_stay_within_their_row():
     sets = {name: load_dataset(name, "train", "smoke") for name in ("alphabet", "alphabet-lowres")}
     fig = plots.example_grid(sets, per_row=13)

@@ -280,7 +280,8 @@ def mmd_vs_dr(frame: pd.DataFrame, correlations: pd.DataFrame | None = None, y: 
     standard = "dr_standard" if y == "dr" else f"{y}_standard"
     if standard in frame:
         ax.scatter(frame.mmd, frame[standard], marker="x", color="grey", zorder=2, label="standard")
-    place_labels(ax, frame.mmd, frame[y], frame.dataset)
+    place_labels(ax, frame.mmd, frame[y], frame.dataset,
+                 avoid=(frame.mmd, frame[standard]) if standard in frame else None)
     ax.set_xlabel("MMD$^2$ of target from source (pre-trained embedding)")
     ax.set_ylabel(MMD_Y_LABELS.get(y, y))
     if y in ("dr", "area"):
@@ -307,14 +308,19 @@ def mmd_panels(frame: pd.DataFrame, correlations_by_measure: dict):
 LABEL_OFFSETS = [(5, 4), (5, -4), (-5, 4), (-5, -4), (0, 8), (0, -8), (9, 0), (-9, 0)]  # points from the marker
 
 
-def place_labels(ax, xs, ys, labels, fontsize: float = SMALL) -> None:
+def place_labels(ax, xs, ys, labels, fontsize: float = SMALL, avoid=None) -> None:
     """Label each point beside it where the label overlaps least with the labels placed
-    before it, the markers and the axes' edges (a greedy search over eight positions)."""
+    before it, the markers (and the unlabelled markers at ``avoid = (xs, ys)``) and the axes'
+    edges (a greedy search over eight positions)."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    points = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
-    taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in points]
+
+    def marker_boxes(px, py):
+        points = ax.transData.transform(np.column_stack([np.asarray(px, float), np.asarray(py, float)]))
+        return [(x - 4, y - 4, x + 4, y + 4) for x, y in points if np.isfinite([x, y]).all()]
+
+    taken = marker_boxes(xs, ys) + (marker_boxes(*avoid) if avoid is not None else [])
     frame = ax.get_window_extent(renderer)
     for (x, y), label in zip(zip(xs, ys), labels):
         best = None
