@@ -157,7 +157,8 @@ def build_cost(results_dir=None) -> str:
     missing = sorted(set(BOOK_CHAPTERS) - set(times["chapter"]))
     unrecorded = [f"No recorded time for {', '.join(missing)}: their pages come from runs before times were "
                   "recorded, or the build that ran them did not finish."] if missing else []
-    return "\n".join([*header, *rows, *total, "", f"Profile {profiles}; machine: {machines}.", *unrecorded])
+    machine = f"Profile {profiles}; machine: {machines}."
+    return "\n".join([*header, *rows, *total, "", machine, *([""] + unrecorded if unrecorded else [])])
 
 
 SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "
