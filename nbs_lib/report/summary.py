@@ -133,7 +133,7 @@ def chapter7(results_dir=None) -> str:
 
 def build_cost(results_dir=None) -> str:
     """The cost of building the book: each chapter's recorded time (``run_times.csv``), the wall
-    clock of the latest build that ran in lanes, and the chapters that have no recorded time."""
+    clock of each build that recorded several chapters, and the chapters that have no recorded time."""
     folder = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
     path = folder / "run_times.csv"
     if not path.is_file():
@@ -149,11 +149,12 @@ def build_cost(results_dir=None) -> str:
               "|---|---|---|---|---|"]
     total = [f"| sum of the rows | {times.seconds.sum():,.0f} | {times.seconds.sum() / 60:.1f} | | |"]
     if len(laned):
-        latest = laned[laned["build"] == max(laned["build"])]
-        wall = float((latest["started_s"] + latest["seconds"]).max())
         header = [header[0] + " lane |", header[1] + "---|"]
-        total = [total[0] + " |", f"| wall clock of the {latest['build'].iloc[0]} build's rows "
-                 f"| {wall:,.0f} | {wall / 60:.1f} | | | |"]
+        total = [total[0] + " |"]
+        for build, rows_of_build in laned.groupby("build"):
+            if len(rows_of_build) > 1:  # a build's wall clock: its last chapter's end
+                wall = float((rows_of_build["started_s"] + rows_of_build["seconds"]).max())
+                total.append(f"| wall clock of the {build} build's rows | {wall:,.0f} | {wall / 60:.1f} | | | |")
     missing = sorted(set(BOOK_CHAPTERS) - set(times["chapter"]))
     unrecorded = [f"No recorded time for {', '.join(missing)}: their pages come from runs before times were "
                   "recorded, or the build that ran them did not finish."] if missing else []
