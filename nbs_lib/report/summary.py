@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from nbs_lib.report.results import DEFAULT_RESULTS_DIR, results_path
+from nbs_lib.report.results import DEFAULT_RESULTS_DIR, REPO_ROOT, results_path
 
 SUMMARY = DEFAULT_RESULTS_DIR.parent / "summary.md"
-BOOK_CHAPTERS = sorted(p.stem for p in (DEFAULT_RESULTS_DIR.parents[1] / "notebooks").glob("*.ipynb"))
+BOOK_CHAPTERS = sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))
 BEGIN = "<!-- begin generated: {name} (from {sources}; nbs_lib.report.summary, do not edit) -->"
 END = "<!-- end generated: {name} -->"
 
@@ -155,11 +155,12 @@ def build_cost(results_dir=None) -> str:
             if len(rows_of_build) > 1:  # a build's wall clock: its last chapter's end
                 wall = float((rows_of_build["started_s"] + rows_of_build["seconds"]).max())
                 total.append(f"| wall clock of the {build} build's rows | {wall:,.0f} | {wall / 60:.1f} | | | |")
+    lines = [*header, *rows, *total, "", f"Profile {profiles}; machine: {machines}."]
     missing = sorted(set(BOOK_CHAPTERS) - set(times["chapter"]))
-    unrecorded = [f"No recorded time for {', '.join(missing)}: their pages come from runs before times were "
-                  "recorded, or the build that ran them did not finish."] if missing else []
-    machine = f"Profile {profiles}; machine: {machines}."
-    return "\n".join([*header, *rows, *total, "", machine, *([""] + unrecorded if unrecorded else [])])
+    if missing:
+        lines += ["", f"No recorded time for {', '.join(missing)}: their pages come from runs before times were "
+                  "recorded, or the build that ran them did not finish."]
+    return "\n".join(lines)
 
 
 SECTIONS = {"01": (chapter1, "01_robustness_verdicts.csv, 01_robustness_claims.csv, "

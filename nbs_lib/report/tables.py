@@ -68,6 +68,11 @@ def _styled(frame: pd.DataFrame):
     return frame.style.hide(axis="index").set_properties(subset=short, **{"white-space": "nowrap"})
 
 
+def _p_value(value) -> str:
+    """A p-value at two significant digits (0.035, 8.2e-143); blank when missing."""
+    return "" if pd.isna(value) else f"{value:.2g}"
+
+
 def _is_p_value(column) -> bool:
     """A column of p-values: named ``p`` or ``... p`` (``"mcnemar p"``), ``p (...)`` or ``p_...``."""
     name = str(column[-1] if isinstance(column, tuple) else column).lower()
@@ -87,13 +92,10 @@ def plain_table(frame: pd.DataFrame, digits: int = 1):
             return f"{value:,.0f}"
         return f"{value:.1e}" if value != 0 and abs(value) < 10 ** -digits else f"{value:.{digits}f}"
 
-    def p_value(value):
-        return "" if pd.isna(value) else f"{value:.2g}"
-
     floats = list(frame.select_dtypes("float").columns)
     p_values = [c for c in floats if _is_p_value(c)]
     numbers = [c for c in floats if c not in p_values]
-    return _styled(frame).format(number, subset=numbers).format(p_value, subset=p_values)
+    return _styled(frame).format(number, subset=numbers).format(_p_value, subset=p_values)
 
 
 def interval_view(table: pd.DataFrame, attack: str = TABLE1_ATTACK):
@@ -140,7 +142,7 @@ def claims_view(claims: pd.DataFrame):
     view["B"] = claims["b"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     view["A - B [95% interval]"] = [_with_interval(r["difference"], r["ci_low"], r["ci_high"], 2)
                                     for r in claims.to_dict("records")]
-    view["p"] = claims["p"].map(lambda v: "" if pd.isna(v) else f"{v:.2g}")
+    view["p"] = claims["p"].map(_p_value)
     view["verdict"] = claims["verdict"]
     tests = ", ".join(sorted(set(claims["test"]) - {""})) or "none"
     caption = (f"test: {tests}; images per claim {claims['images'].min()}-{claims['images'].max()}; "
