@@ -10,7 +10,7 @@ PROFILE ?= mini
 LANES ?= 1
 BOOK_NOTEBOOKS := $(if $(ONLY),notebooks/$(ONLY).ipynb,$(NOTEBOOKS))
 
-.PHONY: venv data test unit smoke-notebooks fresh html offline-check book bench clean lab
+.PHONY: venv data test unit smoke-notebooks fresh html offline-check book bench clean lab browser
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -25,8 +25,12 @@ data: $(VENV)/.installed
 	source $(BIN)/activate && bash scripts/fetch_offline_data.sh
 
 ## make test: unit tests, smoke runs of every notebook, a chapter in JupyterLab + Chromium, staleness check, book build, offline check
-test: venv data html $(VENV)/.lab-installed
+test: venv data html $(VENV)/.lab-installed browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+## make browser: Chromium for the browser tests (found, or the Debian package installed with apt-get as root)
+browser: venv
+	$(BIN)/python scripts/check_offline_html.py --install-only
 
 unit: venv data  ## quick feedback: no notebook runs, no tests marked slow
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not notebooks and not slow" tests

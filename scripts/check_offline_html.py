@@ -22,7 +22,8 @@ _build/offline_check/) to be looked at. Exit status: 0 all good, 1 a check faile
 2 bad usage or no build, 3 Chromium is missing (and --install was not given or failed).
 
 --install installs the Debian package `chromium` with apt-get when no Chromium is
-found (needs root and a reachable Debian mirror).
+found (needs root and a reachable Debian mirror); --install-only does only that and
+exits (``make browser``, a prerequisite of ``make test``, whose browser tests need it).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ SUBAREA = r'class="[^"]*\bwidget-subarea\b'
 
 
 def find_chromium() -> str | None:
-    explicit = os.environ.get("CHROMIUM")
+    explicit = os.environ.get("NBS_CHROMIUM")  # the browser tests' variable too
     if explicit:
         return explicit if shutil.which(explicit) else None
     for name in CANDIDATES:
@@ -80,6 +81,17 @@ def install_chromium() -> str | None:
             print(f"check_offline_html: `{' '.join(cmd)}` failed: {' | '.join(tail)}", file=sys.stderr)
             return None
     return find_chromium()
+
+
+def ensure_chromium() -> int:
+    """Print the path of Chromium, installing it first if it is missing (``make browser``)."""
+    chromium = find_chromium() or install_chromium()
+    if chromium is None:
+        print("check_offline_html: Chromium is missing and could not be installed: as root, "
+              "`apt-get install chromium`, or set NBS_CHROMIUM to a Chromium binary.", file=sys.stderr)
+        return EXIT_NO_CHROMIUM
+    print(f"Chromium: {chromium}")
+    return EXIT_OK
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -245,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="screenshot folder (default: BUILD_DIR/../offline_check)")
     parser.add_argument("--budget-ms", type=int, default=10000, help="Chromium virtual time budget per page")
     parser.add_argument("--install", action="store_true", help="apt-get install chromium if it is missing")
+    parser.add_argument("--install-only", action="store_true",
+                        help="find Chromium, or apt-get install it, print its path and exit")
     args = parser.parse_args(argv)
+    if args.install_only:
+        return ensure_chromium()
 
     build = Path(args.build_dir).resolve()
     if not (build / args.math_page).is_file():

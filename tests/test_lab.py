@@ -53,7 +53,7 @@ def _lab_requirements():
     if missing:
         pytest.fail("the JupyterLab browser test needs " + ", ".join(missing)
                     + ": `make .venv/.lab-installed` installs JupyterLab and playwright"
-                    " (requirements-lab.txt); Chromium is the system package", pytrace=False)
+                    " (requirements-lab.txt); `make browser` installs Chromium (the Debian package)", pytrace=False)
     return sync_playwright
 
 

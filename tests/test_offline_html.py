@@ -40,3 +40,15 @@ def test_built_book_works_offline():
     if proc.returncode == EXIT_NO_CHROMIUM:
         pytest.skip(f"Chromium is not available and could not be installed:\n{report}")
     assert proc.returncode == 0, f"the built book does not work offline:\n{report}"
+
+
+def test_install_only_names_the_browser_the_tests_will_use(tmp_path):
+    """`make browser` (check_offline_html.py --install-only) finds the browser of $NBS_CHROMIUM,
+    the variable the JupyterLab and page-table tests read, and installs nothing then."""
+    browser = tmp_path / "my-chromium"
+    browser.write_text("#!/bin/sh\n")
+    browser.chmod(0o755)
+    proc = subprocess.run([sys.executable, str(CHECK), "--install-only"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, NBS_CHROMIUM=str(browser)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"Chromium: {browser}" and "installing" not in proc.stderr
