@@ -65,3 +65,16 @@ def test_table_cells_keep_their_text_apart():
     paddings = _evaluate_on_page(CELL_PADDING)
     assert paddings, "chapter 6 should have result tables"
     assert min(paddings) >= 8, f"table cells are only {min(paddings):.0f} px apart"
+
+
+PRINTED_LINES = """() => Array.from(document.querySelectorAll('.cell_output .output.stream pre')).map(pre => ({
+    text: pre.innerText.slice(0, 50), hidden: pre.scrollWidth - pre.clientWidth}))"""
+
+
+def test_printed_lines_wrap_at_the_page_width():
+    """A printed line (chapter 6's 'wrote ...; chapter time' line runs past the page's width)
+    wraps instead of running off the right edge of its box (_static/outputs.css)."""
+    lines = _evaluate_on_page(PRINTED_LINES)
+    assert lines, "chapter 6 should print at least one line"
+    cut = [line["text"] for line in lines if line["hidden"] > 1]
+    assert not cut, f"printed lines cut at the page's edge: {cut}"
