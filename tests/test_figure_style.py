@@ -219,3 +219,23 @@ def test_example_grid_row_labels_stay_within_their_row():
         assert first.y0 >= second.y1, f"{labels[0].get_text()!r} and {labels[1].get_text()!r} overlap"
     finally:
         plt.close(fig)
+
+
+def test_example_grid_captions_keep_apart():
+    """Class names under neighbouring images do not run into each other or into the row above
+    (chapter 4's 'hubble_deep_field' and 'immunohistochemistry' overlapped in its grid)."""
+    sets = {name: load_dataset(name, "train", "smoke") for name in ("photo_patches", "textures", "shapes")}
+    fig = plots.example_grid(sets, per_row=10)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for row in range(len(sets)):
+            axes = [ax for ax in fig.axes[row * 10:(row + 1) * 10] if ax.get_title()]
+            boxes = [ax.title.get_window_extent(renderer) for ax in axes]
+            for (left, a), (right, b) in zip(zip(axes, boxes), zip(axes[1:], boxes[1:])):
+                assert a.x1 <= b.x0, f"{left.get_title()!r} runs into {right.get_title()!r}"
+            if row:  # a caption stays below the images of the row above
+                above = min(ax.get_window_extent(renderer).y0 for ax in fig.axes[(row - 1) * 10:row * 10])
+                assert max(box.y1 for box in boxes) <= above, f"row {row}'s captions reach into the row above"
+    finally:
+        plt.close(fig)

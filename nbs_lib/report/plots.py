@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import re
 import textwrap
 
 import matplotlib as mpl
@@ -12,11 +14,16 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
 
-from nbs_lib.report.style import (FIGURE_DPI, MODEL_COLORS, PAGE_WIDTH_IN, PAIR_COLORS, PALETTE, SMALL,
+from nbs_lib.report.style import (CHAR_WIDTH_EM, FIGURE_DPI, MODEL_COLORS, PAGE_WIDTH_IN, PAIR_COLORS, PALETTE, SMALL,
                                   VERDICT_COLORS, page_width, use_book_style)
 
 use_book_style()
+
+_TEXT_TO_PATH = TextToPath()
+CAPTION_GAP_PT = 4  # room kept between the captions of neighbouring images
 
 MODEL_ORDER = ["standard", "partial", "partial_bn", "full"]
 MODEL_LABELS = {"standard": "standard", "partial": "partial fine-tune", "partial_bn": "partial, target BN",
@@ -29,20 +36,25 @@ def to_numpy_image(x: torch.Tensor) -> np.ndarray:
 
 
 def example_grid(datasets: dict, per_row: int = 10, rows_per_dataset: int = 1, size: float = 1.0):
-    """One row of examples per dataset (first images of distinct classes)."""
+    """One row of examples per dataset (first images of distinct classes), each captioned with its
+    class name in lines that fit the image's column."""
     n_rows = len(datasets) * rows_per_dataset
     size = min(size, (PAGE_WIDTH_IN - 0.4) / per_row)
-    fig, axes = plt.subplots(n_rows, per_row, figsize=(per_row * size + 0.4, n_rows * (size + 0.35)),
+    picks = {name: _one_per_class(ds.labels, per_row * rows_per_dataset) for name, ds in datasets.items()}
+    width = (size * 72 - CAPTION_GAP_PT) / (CHAR_WIDTH_EM * SMALL)  # a caption line, in average characters
+    captions = {name: [caption(ds.classes[int(ds.labels[i])], width) for i in picks[name]]
+                for name, ds in datasets.items()}
+    lines = max((c.count("\n") + 1 for cs in captions.values() for c in cs), default=1)
+    caption_in = max(0.35, 0.05 + lines * 1.25 * SMALL / 72)
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(per_row * size + 0.4, n_rows * (size + caption_in)),
                              squeeze=False)
     for d, (name, ds) in enumerate(datasets.items()):
-        picks = _one_per_class(ds.labels, per_row * rows_per_dataset)
         for k in range(per_row * rows_per_dataset):
             ax = axes[d * rows_per_dataset + k // per_row, k % per_row]
             ax.axis("off")
-            if k < len(picks):
-                i = picks[k]
-                ax.imshow(to_numpy_image(ds[i][0]), interpolation="nearest")
-                ax.set_title(caption(ds.classes[int(ds.labels[i])]), fontsize=SMALL)
+            if k < len(picks[name]):
+                ax.imshow(to_numpy_image(ds[picks[name][k]][0]), interpolation="nearest")
+                ax.set_title(captions[name][k], fontsize=SMALL)
         label = textwrap.fill(name.replace("_", "_ "), 9, break_long_words=False).replace("_ ", "_")
         axes[d * rows_per_dataset, 0].text(-0.15, 0.5, label, transform=axes[d * rows_per_dataset, 0].transAxes,
                                            ha="right", va="center", fontsize=SMALL, rotation=90)
@@ -50,10 +62,29 @@ def example_grid(datasets: dict, per_row: int = 10, rows_per_dataset: int = 1, s
     return fig
 
 
-def caption(text: str, width: int = 8) -> str:
-    """A short caption for a small image: ``text`` broken at spaces and slashes into lines of about ``width``."""
-    return textwrap.fill(text.replace("/", "/ "), width, break_long_words=False,
-                         break_on_hyphens=False).replace("/ ", "/")
+def caption(text: str, width: float = 8) -> str:
+    """A short caption for a small image: ``text`` in lines at most ``width`` average characters
+    wide at the caption size (measured, not counted), broken after spaces, slashes and underscores;
+    a word longer than a line is hyphenated where the line is full."""
+    limit = width * CHAR_WIDTH_EM * SMALL
+    lines, line = [], ""
+    for piece in re.findall(r"[^ /_]+[ /_]*|[ /_]+", text):
+        if line and _text_width(line + piece.rstrip(" ")) > limit:
+            lines.append(line.rstrip(" "))
+            line = ""
+        line += piece
+        while len(line.rstrip(" ")) > 1 and _text_width(line.rstrip(" ")) > limit:  # a word longer than a line
+            cut = max([1] + [k for k in range(2, len(line)) if _text_width(line[:k] + "-") <= limit])
+            lines.append(line[:cut] + "-")
+            line = line[cut:]
+    return "\n".join(lines + [line.rstrip(" ")] if line.strip() else lines)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_width(text: str) -> float:
+    """Width in points of ``text`` at the caption size in the book's font."""
+    width, _, _ = _TEXT_TO_PATH.get_text_width_height_descent(text, FontProperties(size=SMALL), ismath=False)
+    return width
 
 
 def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:

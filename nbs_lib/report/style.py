@@ -42,6 +42,7 @@ VERDICT_COLORS = {"reproduced": PALETTE[2], "opposite": PALETTE[3], "no clear di
 # stands for the gold (its yellow is too pale on white)
 PAIR_COLORS = {"ft-pt": PALETTE[0], "ft-st": PALETTE[3], "pt-st": PALETTE[1]}
 SMALL = 9  # captions under images and point labels: the smallest size the book uses
+CHAR_WIDTH_EM = 0.6  # an average character's width in em (DejaVu Sans): caption widths are given in these
 
 
 def use_book_style() -> None:
