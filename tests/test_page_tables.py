@@ -78,3 +78,18 @@ def test_printed_lines_wrap_at_the_page_width():
     assert lines, "chapter 6 should print at least one line"
     cut = [line["text"] for line in lines if line["hidden"] > 1]
     assert not cut, f"printed lines cut at the page's edge: {cut}"
+
+
+STACKED_OUTPUTS = """() => Array.from(document.querySelectorAll('.cell_output')).flatMap(cell => {
+    const boxes = Array.from(cell.children).filter(o => o.classList.contains('output'))
+        .map(o => o.getBoundingClientRect());
+    return boxes.slice(1).map((box, k) => box.top - boxes[k].bottom);
+})"""
+
+
+def test_stacked_outputs_keep_apart():
+    """Two outputs of one cell (a table, then the caption of the next table) are at least 6 px
+    apart: chapter 3's and chapter 6's stacked tables read as one table without the gap."""
+    gaps = _evaluate_on_page(STACKED_OUTPUTS)
+    assert gaps, "chapter 6 should have a cell with several outputs"
+    assert min(gaps) >= 6, f"stacked outputs only {min(gaps):.0f} px apart"
