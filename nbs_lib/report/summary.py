@@ -140,22 +140,26 @@ def build_cost(results_dir=None) -> str:
         return "No build has recorded its times yet (`make book` writes `book/results/run_times.csv`)."
     times = pd.read_csv(path)
     laned = times[times["lane"].notna()] if "lane" in times else times.iloc[:0]
-    rows = [f"| {r.chapter} | {r.seconds:,.0f} | {r.seconds / 60:.1f} | {'empty' if r.cache_empty else f'{r.cache_entries_before:,} entries'} "
-            f"| {r.build} |" + (f" {'' if pd.isna(r.lane) else f'{r.lane:.0f}'} |" if len(laned) else "")
-            for r in times.itertuples()]
-    machines = "; ".join(sorted({f"{r.cores} cores, {r.cpu}, torch {r.torch}" for r in times.itertuples()}))
-    profiles = ", ".join(sorted(set(times["profile"])))
-    header = ["| chapter | seconds | minutes | run cache at its start | build started |",
-              "|---|---|---|---|---|"]
-    total = [f"| sum of the rows | {times.seconds.sum():,.0f} | {times.seconds.sum() / 60:.1f} | | |"]
+    machines = sorted({f"{r.cores} cores, {r.cpu}, torch {r.torch}" for r in times.itertuples()})
+    extra = []  # columns shown only when they tell rows apart: (header, cell of a row)
     if len(laned):
-        header = [header[0] + " lane |", header[1] + "---|"]
-        total = [total[0] + " |"]
-        for build, rows_of_build in laned.groupby("build"):
-            if len(rows_of_build) > 1:  # a build's wall clock: its last chapter's end
-                wall = float((rows_of_build["started_s"] + rows_of_build["seconds"]).max())
-                total.append(f"| wall clock of the {build} build's rows | {wall:,.0f} | {wall / 60:.1f} | | | |")
-    lines = [*header, *rows, *total, "", f"Profile {profiles}; machine: {machines}."]
+        extra.append(("lane", lambda r: "" if pd.isna(r.lane) else f"{r.lane:.0f}"))
+    if len(machines) > 1:
+        extra.append(("machine", lambda r: f"{r.cores} cores, {r.cpu}"))
+    blanks = " |" * len(extra)
+    header = ["| chapter | seconds | minutes | run cache at its start | build started |"
+              + "".join(f" {name} |" for name, _ in extra), "|---|---|---|---|---|" + "---|" * len(extra)]
+    rows = [f"| {r.chapter} | {r.seconds:,.0f} | {r.seconds / 60:.1f} | "
+            f"{'empty' if r.cache_empty else f'{r.cache_entries_before:,} entries'} | {r.build} |"
+            + "".join(f" {cell(r)} |" for _, cell in extra) for r in times.itertuples()]
+    total = [f"| sum of the rows | {times.seconds.sum():,.0f} | {times.seconds.sum() / 60:.1f} | | |{blanks}"]
+    for build, rows_of_build in laned.groupby("build"):
+        if len(rows_of_build) > 1:  # a build's wall clock: its last chapter's end
+            wall = float((rows_of_build["started_s"] + rows_of_build["seconds"]).max())
+            total.append(f"| wall clock of the {build} build's rows | {wall:,.0f} | {wall / 60:.1f} | | |{blanks}")
+    profiles = ", ".join(sorted(set(times["profile"])))
+    lines = [*header, *rows, *total, "",
+             f"Profile {profiles}; {'machines' if len(machines) > 1 else 'machine'}: {'; '.join(machines)}."]
     missing = sorted(set(BOOK_CHAPTERS) - set(times["chapter"]))
     if missing:
         lines += ["", f"No recorded time for {', '.join(missing)}: their pages come from runs before times were "
