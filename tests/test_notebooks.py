@@ -37,7 +37,7 @@ def test_source_notebook_is_clean_and_parameterised(source):
 
 # Chapters whose verdict table is still styled in the notebook: each leaves this set when its
 # notebook prints it with plain_table and is re-executed (their attacks must be recomputed first).
-STYLED_TABLES = {"06_dm_regularisation", "07_robust_transfer"}
+STYLED_TABLES = {"06_dm_regularisation"}
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
