@@ -110,11 +110,11 @@ def test_the_summary_shows_the_recorded_build(times_file):
 
 def test_rows_from_several_machines_say_which_ran_where(times_file, monkeypatch):
     run_times.record("00_data_and_models", 30, 0, 0.0, "mini")
-    assert "| machine |" not in build_cost(times_file.parent)
+    assert "| CPU |" not in build_cost(times_file.parent)
     table = pd.read_csv(times_file)
     pd.concat([table, table.assign(chapter="01_robustness", cpu="Another CPU")]).to_csv(times_file, index=False)
     page = build_cost(times_file.parent)
     header, _, *rows = page.splitlines()
-    assert header.endswith(" machine |") and header.count("|") == rows[0].count("|")
-    assert any(row.startswith("| 01_robustness | 30 |") and row.endswith(f"{table.cores[0]} cores, Another CPU |") for row in rows)
+    assert header.endswith(" CPU |") and header.count("|") == rows[0].count("|")
+    assert any(row.startswith("| 01_robustness | 30 |") and row.endswith(" Another CPU |") for row in rows)
     assert "machines: " in page

@@ -145,7 +145,7 @@ def build_cost(results_dir=None) -> str:
     if len(laned):
         extra.append(("lane", lambda r: "" if pd.isna(r.lane) else f"{r.lane:.0f}"))
     if len(machines) > 1:
-        extra.append(("machine", lambda r: f"{r.cores} cores, {r.cpu}"))
+        extra.append(("CPU", lambda r: re.sub(r"\((R|TM)\)", "", str(r.cpu))))  # cores etc. below the table
     blanks = " |" * len(extra)
     header = ["| chapter | seconds | minutes | run cache at its start | build started |"
               + "".join(f" {name} |" for name, _ in extra), "|---|---|---|---|---|" + "---|" * len(extra)]
